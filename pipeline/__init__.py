@@ -1,0 +1,1 @@
+"""GKD-BMFI: gradient-guided knowledge distillation for object detectors, as a DVC pipeline."""

@@ -1,0 +1,187 @@
+"""Typed, validated, immutable view of ``params.yaml``.
+
+:func:`load_params` is the only way stages read parameters. Every record forbids unknown
+keys and is frozen; a bad value ends with one line naming the key, the value and what is
+allowed, e.g.::
+
+    error: params.yaml: curate.val_fraction = 1.5 is not allowed: must be < 1
+
+Every process (also each torchrun rank) reads the file directly: DVC's params API is not
+used, because it fails under several processes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+DEFAULT_PARAMS = Path("params.yaml")
+RAW_ROOT = Path("data/raw")
+CURATED_ROOT = Path("data/curated")
+
+
+class Record(BaseModel):
+    """Base of every params record: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class SourceParams(Record):
+    """Where and how a raw dataset is read.
+
+    The raw data of dataset ``<name>`` lives in ``data/raw/<name>/`` (a folder or a
+    symlink to your download), so DVC can track it as the curate stage's dependency.
+    """
+
+    format: Literal["kitti", "coco"]
+    # coco only: paths inside data/raw/<name>/
+    train_json: str = "annotations/instances_train2017.json"
+    val_json: str = "annotations/instances_val2017.json"
+    train_images: str = "train2017"
+    val_images: str = "val2017"
+
+
+class SyntheticParams(Record):
+    """The built-in synthetic KITTI-format road scenes (written to ``data/raw/synthetic``)."""
+
+    num_images: Annotated[int, Field(ge=1, le=100_000)] = 300
+    width: Annotated[int, Field(ge=64, le=4096)] = 640
+    height: Annotated[int, Field(ge=64, le=4096)] = 192
+    seed: int = 0
+
+
+class CurateParams(Record):
+    """Curation: split and preview."""
+
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    seed: int = 0
+    min_box_size: Annotated[float, Field(ge=0.0)] = 1.0
+    preview_images: Annotated[int, Field(ge=1, le=64)] = 8
+
+
+class InputParams(Record):
+    """Network input: keep-ratio resize into ``width x height``, flip, pad, normalise.
+
+    An image of size (w, h) is scaled by ``min(width / w, height / h)``, so it fits the
+    box; it is then padded at the right and bottom to the box rounded up to a multiple
+    of ``pad_divisor``. Every batch therefore has the same fixed input shape, which is
+    also the exported model's input shape.
+    """
+
+    width: Annotated[int, Field(ge=32, le=4096)] = 384
+    height: Annotated[int, Field(ge=32, le=4096)] = 128
+    pad_divisor: Annotated[int, Field(ge=1, le=128)] = 32
+    flip_prob: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of every batch: the box rounded up to the pad divisor."""
+        d = self.pad_divisor
+        return (-(-self.height // d) * d, -(-self.width // d) * d)
+
+
+DATASET_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class Params(Record):
+    """The whole ``params.yaml``."""
+
+    seed: int = 0
+    datasets: Annotated[tuple[Annotated[str, Field(pattern=DATASET_NAME)], ...], Field(min_length=1)]
+    sources: dict[Annotated[str, Field(pattern=DATASET_NAME)], SourceParams]
+    synthetic: SyntheticParams = SyntheticParams()
+    curate: CurateParams = CurateParams()
+    input: InputParams = InputParams()
+
+    @model_validator(mode="after")
+    def _datasets_have_sources(self) -> "Params":
+        for name in self.datasets:
+            if name not in self.sources:
+                raise ValueError(
+                    f"datasets lists {name!r} but sources has no entry for it "
+                    f"(known: {', '.join(sorted(self.sources))}); add sources.{name}"
+                )
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"datasets has duplicates: {list(self.datasets)}")
+        return self
+
+    def source(self, dataset: str) -> SourceParams:
+        if dataset not in self.sources:
+            raise UserError(
+                f"params.yaml: unknown dataset {dataset!r}; known: {', '.join(sorted(self.sources))}"
+            )
+        return self.sources[dataset]
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<top level>"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the record that holds ``loc[-1]`` (best effort, for messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            if isinstance(part, str) and current is SourceParams:
+                continue
+            return []
+        annotation = fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            current = annotation
+        elif getattr(annotation, "__origin__", None) is dict:
+            current = annotation.__args__[1]
+        else:
+            return []
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line for the first problem pydantic found."""
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    key = _format_location(loc)
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Params, loc)
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{source}: unknown key {key!r}{hint}"
+    if first["type"] == "missing":
+        return f"{source}: missing key {key!r}"
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if not loc:
+        return f"{source}: {message}"
+    return f"{source}: {key} = {value!r} is not allowed: {message.lower()}"
+
+
+def parse_params(data: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed mapping; raise :class:`UserError` with one line."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source)) from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found; run from the repository root or pass --params")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_params(data, str(path))

@@ -1,0 +1,1 @@
+"""Datasets: KITTI and COCO-Traffic readers, synthetic scenes, curation, loading."""

@@ -1,0 +1,150 @@
+"""Read a KITTI object ``training/`` folder (``image_2/*.png`` + ``label_2/*.txt``).
+
+Label lines have KITTI's 15 fields::
+
+    type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y
+
+with the 2D box ``x1 y1 x2 y2`` in original-image pixels. Every problem with the files
+raises :class:`~pipeline.errors.UserError` naming the file, the line and the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.errors import UserError
+
+RAW_CLASSES = ("Car", "Van", "Truck", "Tram", "Pedestrian", "Person_sitting", "Cyclist", "Misc", "DontCare")
+#: Raw KITTI class -> grouped class (METHOD.md section 7). Misc and DontCare map to None:
+#: they become ignore regions.
+GROUPS: dict[str, str | None] = {
+    "Car": "Car",
+    "Van": "Car",
+    "Truck": "Car",
+    "Tram": "Car",
+    "Pedestrian": "Pedestrian",
+    "Person_sitting": "Pedestrian",
+    "Cyclist": "Cyclist",
+    "Misc": None,
+    "DontCare": None,
+}
+GROUPED_CLASSES = ("Car", "Pedestrian", "Cyclist")
+FIELDS = ("type", "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2",
+          "h", "w", "l", "x", "y", "z", "rotation_y")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class KittiObject:
+    """One label line. ``box`` is x1,y1,x2,y2 in original-image pixels."""
+
+    type: str
+    truncated: float
+    occluded: int
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class KittiFrame:
+    """One image and its objects."""
+
+    frame_id: int
+    image_path: Path
+    width: int
+    height: int
+    objects: tuple[KittiObject, ...]
+
+
+def parse_label_line(line: str, where: str) -> KittiObject:
+    """Parse one 15-field label line; ``where`` (``file line N``) prefixes errors."""
+    parts = line.split()
+    if len(parts) != len(FIELDS):
+        raise UserError(
+            f"{where}: expected {len(FIELDS)} fields ({' '.join(FIELDS)}), got {len(parts)}; "
+            "fix the label line"
+        )
+    kind = parts[0]
+    if kind not in GROUPS:
+        raise UserError(f"{where}: unknown class {kind!r}; KITTI classes are {', '.join(RAW_CLASSES)}")
+    values: list[float] = []
+    for name, text in zip(FIELDS[1:], parts[1:]):
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise UserError(f"{where}: field {name!r} = {text!r} is not a number") from None
+    truncated, occluded, _alpha, x1, y1, x2, y2 = values[:7]
+    if x2 < x1 or y2 < y1:
+        raise UserError(
+            f"{where}: box has x1,y1,x2,y2 = {x1:g},{y1:g},{x2:g},{y2:g} with x2 < x1 or y2 < y1; "
+            "KITTI boxes are left, top, right, bottom"
+        )
+    if occluded != int(occluded):
+        raise UserError(f"{where}: field 'occluded' = {parts[2]!r} must be an integer (-1..3)")
+    return KittiObject(type=kind, truncated=truncated, occluded=int(occluded), box=(x1, y1, x2, y2))
+
+
+def read_labels(path: Path) -> tuple[KittiObject, ...]:
+    """All objects of one label file (blank lines skipped)."""
+    objects = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            objects.append(parse_label_line(line, f"{path} line {number}"))
+    return tuple(objects)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header; unreadable files raise UserError.
+
+    Only the header is read (curation of 7,481 KITTI frames stays I/O-light); pixel data
+    that is corrupt past the header is reported by the data loader when it decodes it.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"{path}: cannot read image ({err}); replace or remove the file") from None
+
+
+def _frame_id(stem: str, path: Path) -> int:
+    if not stem.isdigit():
+        raise UserError(f"{path}: KITTI frames are named by number (000123.png); rename the file")
+    return int(stem)
+
+
+def read_kitti_folder(root: Path) -> list[KittiFrame]:
+    """Read every frame of a KITTI ``training/`` folder, sorted by frame id.
+
+    Raises UserError for a missing folder, a label without its image, an image without
+    its label, an unreadable image and any malformed label line.
+    """
+    root = Path(root)
+    image_dir, label_dir = root / "image_2", root / "label_2"
+    for folder in (root, image_dir, label_dir):
+        if not folder.is_dir():
+            raise UserError(
+                f"{folder}: dataset folder not found; {root} must hold KITTI's training/ "
+                "layout (image_2/ and label_2/), e.g. a symlink to your download"
+            )
+    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    labels = {p.stem: p for p in label_dir.iterdir() if p.suffix == ".txt"}
+    for stem, label in sorted(labels.items()):
+        if stem not in images:
+            raise UserError(f"{label}: label file has no image {image_dir}/{stem}.png; add the image or remove the label")
+    for stem, image in sorted(images.items()):
+        if stem not in labels:
+            raise UserError(f"{image}: image has no label file {label_dir}/{stem}.txt; add an empty label file or remove the image")
+    if not images:
+        raise UserError(f"{image_dir}: no images found (expected *.png); check the dataset folder")
+    frames = []
+    for stem in sorted(images, key=lambda s: _frame_id(s, images[s])):
+        width, height = image_size(images[stem])
+        frames.append(KittiFrame(
+            frame_id=_frame_id(stem, images[stem]),
+            image_path=images[stem],
+            width=width,
+            height=height,
+            objects=read_labels(labels[stem]),
+        ))
+    return frames
