@@ -87,6 +87,65 @@ class InputParams(Record):
 
 
 DATASET_NAME = r"^[a-z][a-z0-9_]*$"
+BACKBONE_NAMES = ("resnet18", "resnet50", "resnet101")
+MODEL_NAME = r"^(teacher|baseline)-(resnet18|resnet50|resnet101)$"
+
+
+class ModelParams(Record):
+    """Which detectors and models the pipeline trains.
+
+    ``train`` names the models of the `train` stage as ``<role>-<backbone>``: one
+    ``teacher-*`` (the distillation teacher) and the ``baseline-*`` students.
+    """
+
+    detectors: Annotated[tuple[Literal["gfl", "faster_rcnn"], ...], Field(min_length=1)] = ("gfl",)
+    train: Annotated[tuple[Annotated[str, Field(pattern=MODEL_NAME)], ...], Field(min_length=1)] = (
+        "teacher-resnet101", "baseline-resnet18", "baseline-resnet50")
+    weights: str = "none"
+    fpn_channels: Annotated[int, Field(ge=8, le=1024)] = 256
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "ModelParams":
+        teachers = [m for m in self.train if m.startswith("teacher-")]
+        if len(teachers) != 1:
+            raise ValueError(f"train must name exactly one teacher-<backbone>, got {teachers or 'none'}")
+        if len(set(self.train)) != len(self.train):
+            raise ValueError(f"train has duplicates: {list(self.train)}")
+        return self
+
+    @property
+    def teacher(self) -> str:
+        return next(m for m in self.train if m.startswith("teacher-"))
+
+
+class TrainParams(Record):
+    """The training loop (SGD, linear warm-up, step decay) shared by every role.
+
+    ``teacher_epochs`` lets the teacher train longer than the students, as a stronger
+    teacher is the premise of distillation; ``None`` uses ``epochs``.
+    """
+
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 12
+    teacher_epochs: Annotated[int | None, Field(ge=1, le=1000)] = None
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.01
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
+    warmup_iters: Annotated[int, Field(ge=0)] = 500
+    warmup_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
+    lr_steps: tuple[Annotated[int, Field(ge=1)], ...] = (8, 11)
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    grad_clip: Annotated[float | None, Field(gt=0.0)] = None
+    amp: bool = True
+    num_workers: Annotated[int, Field(ge=0, le=64)] = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_train_images: Annotated[int | None, Field(ge=1)] = None
+
+
+class EvalParams(Record):
+    """Inference settings for evaluation (the detectors' own test configs otherwise)."""
+
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
 
 
 class Params(Record):
@@ -98,6 +157,9 @@ class Params(Record):
     synthetic: SyntheticParams = SyntheticParams()
     curate: CurateParams = CurateParams()
     input: InputParams = InputParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    eval: EvalParams = EvalParams()
 
     @model_validator(mode="after")
     def _datasets_have_sources(self) -> "Params":

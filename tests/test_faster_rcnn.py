@@ -14,8 +14,8 @@ from pipeline.models.faster_rcnn import (
     MMDetAnchorGenerator,
     MMDetRoIAlign,
     max_iou_assign,
-    to_mmdet_name,
 )
+from pipeline.models.mmdet_names import to_mmdet_name
 from pipeline.structures import Batch, Detections
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmdet" / "mmdet330_models_3cls.json"
@@ -83,7 +83,7 @@ def test_state_dict_matches_mmdet_fixture() -> None:
     heads = FasterRCNNHeads(num_classes=3)
     ours = {}
     for key, tensor in heads.state_dict().items():
-        name = to_mmdet_name(key)
+        name = to_mmdet_name(f"head.{key}", "faster_rcnn")
         assert name is not None, f"no mmdet rule for {key}"
         ours[name] = list(tensor.shape)
     assert ours == expected

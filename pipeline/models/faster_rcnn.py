@@ -41,7 +41,7 @@ differ from MMDetection:
 ``rpn_cls`` has 3 output channels. The output layouts also agree: anchor ``a`` (ratio
 order 0.5, 1, 2) is ``rpn_cls`` channel ``a`` and ``rpn_reg`` channels ``4a..4a+3``,
 anchors run row, column, anchor; RoI features flatten as ``C, 7, 7``. So mmdet weights
-load by renaming only, see :data:`FASTER_RCNN_MMDET_RULES`.)
+load by renaming only, see :data:`pipeline.models.mmdet_names.DETECTOR_RULES`.)
 
 The two level mappings are the same function up to the epsilon: torchvision's
 ``floor(4 + log2(s / 224))`` minus its ``k_min = 2`` equals ``floor(log2(s / 56))``.
@@ -93,7 +93,6 @@ from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops, roi_align
 from pipeline.structures import Batch, Detections
 
 __all__ = [
-    "FASTER_RCNN_MMDET_RULES",
     "FasterRCNNHeads",
     "MMDetAnchorGenerator",
     "MMDetBoxCoder",
@@ -102,34 +101,10 @@ __all__ = [
     "MMDetRoIHeads",
     "MMDetRPN",
     "max_iou_assign",
-    "to_mmdet_name",
-]
-
-#: ``(regex, replacement)`` pairs mapping :class:`FasterRCNNHeads` ``state_dict`` keys
-#: (relative to the heads module: strip the detector's own prefix first, e.g.
-#: ``heads.``) to MMDetection 3.x ``TwoStageDetector`` keys. Apply the first rule whose
-#: regex matches with ``re.sub(regex, replacement, key, count=1)``; every parameter of
-#: the heads is covered and the heads have no buffers.
-FASTER_RCNN_MMDET_RULES: list[tuple[str, str]] = [
-    (r"^rpn\.head\.conv\.0\.0\.", "rpn_head.rpn_conv."),
-    (r"^rpn\.head\.cls_logits\.", "rpn_head.rpn_cls."),
-    (r"^rpn\.head\.bbox_pred\.", "rpn_head.rpn_reg."),
-    (r"^roi_head\.box_head\.fc6\.", "roi_head.bbox_head.shared_fcs.0."),
-    (r"^roi_head\.box_head\.fc7\.", "roi_head.bbox_head.shared_fcs.1."),
-    (r"^roi_head\.box_predictor\.cls_score\.", "roi_head.bbox_head.fc_cls."),
-    (r"^roi_head\.box_predictor\.bbox_pred\.", "roi_head.bbox_head.fc_reg."),
 ]
 
 #: mmdet's ``DeltaXYWHBBoxCoder`` clamp of ``dw, dh``: ``|log(16 / 1000)|``.
 _DELTA_CLIP = math.log(1000.0 / 16)
-
-
-def to_mmdet_name(key: str, rules: Sequence[tuple[str, str]] = FASTER_RCNN_MMDET_RULES) -> str | None:
-    """mmdet name of one heads ``state_dict`` key, or ``None`` if no rule matches."""
-    for pattern, replacement in rules:
-        if re.match(pattern, key):
-            return re.sub(pattern, replacement, key, count=1)
-    return None
 
 
 # ----------------------------------------------------------------------------------
@@ -646,7 +621,7 @@ class FasterRCNNHeads(nn.Module):
             P2-P5 strides, finest scale 56), ``fc_out_channels`` (1024).
         test_*: ``score_thr`` 0.05, NMS IoU 0.5, at most 100 detections per image.
 
-    ``state_dict`` keys map to mmdet's with :data:`FASTER_RCNN_MMDET_RULES`.
+    ``state_dict`` keys map to mmdet's with :data:`pipeline.models.mmdet_names.DETECTOR_RULES`.
     """
 
     def __init__(

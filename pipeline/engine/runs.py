@@ -1,0 +1,67 @@
+"""Names and paths of the pipeline's artifacts (ARCHITECTURE.md's output contract)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunId:
+    """One model of the pipeline: ``<dataset>/<detector>/<model>``, model = ``<role>-<backbone>``."""
+
+    dataset: str
+    detector: str
+    model: str
+
+    @property
+    def role(self) -> str:
+        return self.model.rsplit("-", 1)[0]
+
+    @property
+    def backbone(self) -> str:
+        return self.model.rsplit("-", 1)[1]
+
+    @property
+    def model_path(self) -> Path:
+        return Path("models") / self.dataset / self.detector / f"{self.model}.pt"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path("checkpoints") / self.dataset / self.detector / self.model
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path("metrics") / self.dataset / self.detector / f"{self.model}.json"
+
+    @property
+    def train_log_path(self) -> Path:
+        return Path("logs") / "train" / self.dataset / self.detector / f"{self.model}.json"
+
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.detector}/{self.model}"
+
+
+def curated_path(dataset: str, split: str) -> Path:
+    return Path("data") / "curated" / dataset / f"{split}.json"
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("params.yaml: train.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable hash of json-serialisable configuration parts (for resuming checkpoints)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Detector building blocks: backbones, necks, heads, name mapping and complexity counting."""

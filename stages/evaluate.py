@@ -1,0 +1,59 @@
+"""DVC stage `evaluate@...`: score a model on the val split -> metrics/<dataset>/<detector>/<model>.json.
+
+The metrics file holds the COCO and VOC mAP50 (percent), per-class AP, KITTI AP40 where the
+data has KITTI difficulty fields, the parameter count, GFLOPs at 3x224x224 (one multiply-add
+is one FLOP, as the paper's Table 4) and the inference throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pipeline.config import load_params
+from pipeline.data.dataset import CuratedDataset, load_curated
+from pipeline.engine.checkpoint import load_weights, read_model_file
+from pipeline.engine.inference import evaluate_model
+from pipeline.engine.runs import RunId, curated_path, resolve_device
+from pipeline.errors import exit_on_user_error
+from pipeline.io import write_json
+from pipeline.models.complexity import count_parameters
+from pipeline.models.factory import build_detector, detector_gflops
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("model")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    run = RunId(args.dataset, args.detector, args.model)
+    val = CuratedDataset(load_curated(curated_path(run.dataset, "val")), params.input, train=False)
+    arch, _, _ = read_model_file(run.model_path)
+    model = build_detector(arch.detector, arch.backbone, arch.num_classes, "none", arch.fpn_channels)
+    expected = arch.__class__(run.detector, run.backbone, len(val.class_names), tuple(val.class_names),
+                              params.model.fpn_channels)
+    meta = load_weights(run.model_path, model, expected)
+    device = resolve_device(params.train.device)
+    start = time.perf_counter()
+    metrics = evaluate_model(model, val, device, params.eval.batch_size)
+    elapsed = time.perf_counter() - start
+    with torch.no_grad():
+        gflops = detector_gflops(model.cpu(), (1, 3, 224, 224))
+    metrics.update({
+        "model": run.model, "detector": run.detector, "backbone": run.backbone, "dataset": run.dataset,
+        "role": meta.get("role", run.role), "params_M": count_parameters(model) / 1e6, "gflops_224": gflops,
+        "eval_images_per_s": len(val) / max(elapsed, 1e-9), "device": device.type,
+    })
+    write_json(run.metrics_path, metrics)
+    print(f"{run}: mAP50 {metrics['mAP50']:.2f}  voc_mAP50 {metrics['voc_mAP50']:.2f}  "
+          f"params {metrics['params_M']:.2f} M  GFLOPs {gflops:.2f} -> {run.metrics_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Training loop, schedule and checkpoints: resume, NaN stop, and bad checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.engine.checkpoint import Arch, load_weights, save_model, save_torch
+from pipeline.engine.schedule import lr_factor
+from pipeline.engine.trainer import EpochSampler, LoopConfig, train
+from pipeline.errors import UserError
+from pipeline.models.factory import build_detector
+from pipeline.structures import Batch
+
+
+def test_warmup_is_linear_then_steps_decay_after_the_listed_epochs():
+    kw = dict(warmup_iters=10, warmup_ratio=0.1, steps=(8, 11), gamma=0.1)
+    assert lr_factor(0, 0, **kw) == pytest.approx(0.1)
+    assert lr_factor(5, 0, **kw) == pytest.approx(0.55)
+    assert lr_factor(10, 0, **kw) == pytest.approx(1.0)
+    assert lr_factor(100, 7, **kw) == pytest.approx(1.0)      # 8th epoch still at full lr
+    assert lr_factor(100, 8, **kw) == pytest.approx(0.1)      # decays after the 8th
+    assert lr_factor(100, 11, **kw) == pytest.approx(0.01)
+
+
+def test_epoch_sampler_shards_one_permutation_per_epoch():
+    single = list(EpochSampler(10, seed=1))
+    ranks = [list(EpochSampler(10, seed=1, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(single) == list(range(10))
+    assert sorted(ranks[0] + ranks[1]) == list(range(10))
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+    sampler = EpochSampler(10, seed=1)
+    sampler.set_epoch(1)
+    assert list(sampler) != single
+
+
+class ToyDetector(nn.Module):
+    """A 2-parameter stand-in with the detector interface, for fast loop tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.scale = 1.0
+
+    def features(self, images):
+        return [self.conv(images)]
+
+    def losses(self, feats, batch):
+        target = torch.stack([b.float().mean() if len(b) else torch.tensor(0.0) for b in batch.boxes])
+        return {"loss_fit": ((feats[0].mean(dim=(1, 2, 3)) * self.scale - target / 100) ** 2).mean()}
+
+
+class ToyData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        from pipeline.data.dataset import Sample
+        import numpy as np
+        g = np.random.default_rng(i)
+        return Sample(image=g.standard_normal((3, 8, 8)).astype("float32"),
+                      boxes=np.array([[i, i, i + 4, i + 4]], "float32"), labels=np.array([0]),
+                      ignore_boxes=np.zeros((0, 4), "float32"), image_id=i, scale=(1.0, 1.0), flipped=False,
+                      image_size=(8, 8), orig_size=(8, 8))
+
+
+CFG = LoopConfig(epochs=3, batch_size=2, lr=0.05, warmup_iters=2, num_workers=0, seed=0)
+
+
+def test_killed_run_resumes_from_last_checkpoint_and_matches_uninterrupted(tmp_path):
+    torch.manual_seed(0)
+    full = ToyDetector()
+    train(full, ToyData(), CFG, tmp_path / "full", torch.device("cpu"), "fp")
+
+    torch.manual_seed(0)
+    first = ToyDetector()
+    short = LoopConfig(**{**CFG.__dict__, "epochs": 2})
+    train(first, ToyData(), short, tmp_path / "killed", torch.device("cpu"), "fp")   # "killed" after 2 epochs
+    resumed = ToyDetector()
+    result = train(resumed, ToyData(), CFG, tmp_path / "killed", torch.device("cpu"), "fp")
+    assert result.resumed_from_epoch == 2
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
+    train(ToyDetector(), ToyData(), CFG, tmp_path, torch.device("cpu"), "old")
+    result = train(ToyDetector(), ToyData(), CFG, tmp_path, torch.device("cpu"), "new")
+    assert result.resumed_from_epoch == 0
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
+    model = ToyDetector()
+    train(model, ToyData(), LoopConfig(**{**CFG.__dict__, "epochs": 1}), tmp_path, torch.device("cpu"), "fp")
+    good = (tmp_path / "last.pt").read_bytes()
+    model.scale = float("nan")
+    with pytest.raises(UserError) as info:
+        train(model, ToyData(), CFG, tmp_path, torch.device("cpu"), "fp")
+    assert "iteration 3: loss term 'loss_fit' is nan" in str(info.value)
+    assert (tmp_path / "last.pt").read_bytes() == good
+
+
+GFL_ARCH = Arch("gfl", "resnet18", 3, ("Car", "Pedestrian", "Cyclist"))
+
+
+@pytest.fixture(scope="module")
+def gfl_r18():
+    return build_detector("gfl", "resnet18", 3)
+
+
+def test_model_file_round_trip(tmp_path, gfl_r18):
+    save_model(tmp_path / "m.pt", gfl_r18, GFL_ARCH, meta={"role": "baseline"})
+    other = build_detector("gfl", "resnet18", 3)
+    assert load_weights(tmp_path / "m.pt", other, GFL_ARCH) == {"role": "baseline"}
+    for (name, a), b in zip(gfl_r18.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("arch, expected", [
+    (Arch("faster_rcnn", "resnet18", 3, GFL_ARCH.class_names), "checkpoint detector is 'gfl' but the model needs 'faster_rcnn'"),
+    (Arch("gfl", "resnet50", 3, GFL_ARCH.class_names), "checkpoint backbone is 'resnet18' but the model needs 'resnet50'"),
+    (Arch("gfl", "resnet18", 2, ("Car", "Pedestrian")), "checkpoint num_classes is 3 but the model needs 2"),
+])
+def test_checkpoint_of_wrong_architecture_is_refused_in_one_line(tmp_path, gfl_r18, arch, expected):
+    save_model(tmp_path / "m.pt", gfl_r18, GFL_ARCH)
+    with pytest.raises(UserError, match=expected):
+        load_weights(tmp_path / "m.pt", build_detector(arch.detector, arch.backbone, arch.num_classes), arch)
+
+
+def test_corrupted_and_foreign_checkpoints(tmp_path, gfl_r18):
+    save_model(tmp_path / "m.pt", gfl_r18, GFL_ARCH)
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"cut.pt: corrupted or not a PyTorch checkpoint"):
+        load_weights(tmp_path / "cut.pt", gfl_r18, GFL_ARCH)
+    save_torch({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match=r"foreign.pt: not a model file of this project"):
+        load_weights(tmp_path / "foreign.pt", gfl_r18, GFL_ARCH)
+    with pytest.raises(UserError, match=r"missing.pt: checkpoint not found"):
+        load_weights(tmp_path / "missing.pt", gfl_r18, GFL_ARCH)
+
+
+@pytest.mark.parametrize("detector, backbone, expected", [
+    ("yolo", "resnet18", "unknown detector 'yolo'; choose one of gfl, faster_rcnn"),
+    ("gfl", "resnet34", "unknown backbone 'resnet34'; choose one of resnet18, resnet50, resnet101"),
+])
+def test_unknown_names_are_one_line_errors(detector, backbone, expected):
+    with pytest.raises(UserError, match=expected):
+        build_detector(detector, backbone, 3)
+
+
+def test_batch_to_original_round_trip():
+    batch = Batch(images=torch.zeros(1, 3, 32, 64), boxes=[], labels=[], ignore_boxes=[], image_ids=[0],
+                  scale_factors=torch.tensor([[0.5, 0.25]]), flipped=torch.tensor([True]),
+                  image_sizes=[(25, 50)], orig_sizes=[(100, 100)])
+    original = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    inp = original * torch.tensor([0.5, 0.25, 0.5, 0.25])
+    inp = torch.stack([50 - inp[:, 2], inp[:, 1], 50 - inp[:, 0], inp[:, 3]], dim=1)
+    torch.testing.assert_close(batch.to_original(0, inp), original)
