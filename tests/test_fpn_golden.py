@@ -42,6 +42,16 @@ def load_mmdet_neck(neck: FPN, mmdet_neck_state: dict, detector: str) -> None:
     neck.load_state_dict(neck_state, strict=True)
 
 
+def max_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest deviation, relative to the level's largest magnitude (at least 1).
+
+    Ours runs in float64, so what remains is MMDetection's own float32 rounding: about 2e-5
+    absolute on levels whose values reach 5, depending on the CPU's convolution kernel.
+    """
+    ref = ref.double()
+    return ((ours.double() - ref).abs().max() / ref.abs().max().clamp(min=1.0)).item()
+
+
 @pytest.mark.parametrize("detector", ["gfl", "faster_rcnn"])
 def test_fpn_reproduces_mmdet_outputs(golden: dict, detector: str) -> None:
     case = golden[detector]
@@ -53,11 +63,11 @@ def test_fpn_reproduces_mmdet_outputs(golden: dict, detector: str) -> None:
     }
     load_mmdet_neck(neck, case["state_dict"], detector)
     with torch.no_grad():
-        outs = neck(list(golden["inputs_C2_C5"]))
+        outs = neck.double()([x.double() for x in golden["inputs_C2_C5"]])
     assert len(outs) == len(case["outputs"]) == 5
     for level, (ours, ref) in enumerate(zip(outs, case["outputs"])):
         assert ours.shape == ref.shape, (detector, level)
-        assert (ours - ref).abs().max().item() < 1e-5, (detector, level)
+        assert max_error(ours, ref) < 1e-5, (detector, level)
 
 
 def test_gfl_extra_levels_and_strides(golden: dict) -> None:
@@ -78,10 +88,10 @@ def test_relu_between_p6_and_p7_would_not_match(golden: dict) -> None:
     with_relu = FPN(R18_CHANNELS, 256, 5, start_level=1, add_extra_convs="on_output", extra_relu=True).eval()
     load_mmdet_neck(with_relu, case["state_dict"], "gfl")
     with torch.no_grad():
-        outs = with_relu(list(golden["inputs_C2_C5"]))
+        outs = with_relu.double()([x.double() for x in golden["inputs_C2_C5"]])
     # P3..P6 are unaffected, P7 differs clearly.
     for level in range(4):
-        assert (outs[level] - case["outputs"][level]).abs().max().item() < 1e-5
+        assert max_error(outs[level], case["outputs"][level]) < 1e-5
     assert (outs[4] - case["outputs"][4]).abs().max().item() > 1e-2
 
 
