@@ -69,3 +69,10 @@ def test_invalid_yaml_is_reported_with_its_line(tmp_path):
     bad.write_text("seed: 0\ndatasets: [synthetic\n")
     with pytest.raises(UserError, match=r"not valid YAML \(line \d+\)"):
         load_params(bad)
+
+
+def test_gpu_profile_is_valid_and_paper_scale():
+    params = load_params(REPO / "params-gpu.yaml")
+    assert (params.input.width, params.input.height) == (1333, 800)
+    assert params.train.epochs == 12 and params.train.lr_steps == (8, 11)
+    assert set(params.model.detectors) == {"gfl", "faster_rcnn"}
