@@ -1,0 +1,77 @@
+"""End to end: `dvc repro` on a tiny profile in a fresh copy of the repository."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "synthetic": {"num_images": 10, "width": 320, "height": 96, "seed": 1},
+    "input": {"width": 160, "height": 48},
+    "model": {"train": ["teacher-resnet18", "baseline-resnet18"]},
+    "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 2, "lr_steps": [], "num_workers": 0},
+    "curate": {"preview_images": 2},
+}
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    """A fresh copy of the repo with the tiny profile, after one `dvc repro`."""
+    root = tmp_path_factory.mktemp("clone")
+    for name in tracked_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "2"}
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=root, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, env
+
+
+def test_dvc_repro_curates_trains_and_evaluates(repro):
+    root, _ = repro
+    curated = root / "data" / "curated" / "synthetic"
+    assert {p.name for p in curated.iterdir()} >= {"train.json", "val.json", "split.json", "preview.png"}
+    for model in ("teacher-resnet18", "baseline-resnet18"):
+        assert (root / "models" / "synthetic" / "gfl" / f"{model}.pt").is_file()
+        metrics = json.loads((root / "metrics" / "synthetic" / "gfl" / f"{model}.json").read_text())
+        assert 0.0 <= metrics["mAP50"] <= 100.0 and 0.0 <= metrics["voc_mAP50"] <= 100.0
+        assert metrics["params_M"] == pytest.approx(19.243404)
+        assert set(metrics["per_class"]) == {"Car", "Pedestrian", "Cyclist"}
+        assert "kitti" in metrics
+
+
+def test_second_repro_is_up_to_date_and_metrics_are_listed(repro):
+    root, env = repro
+    dvc = str(Path(sys.executable).parent / "dvc")
+    status = subprocess.run([dvc, "status"], cwd=root, env=env, capture_output=True, text=True)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+    shown = subprocess.run([dvc, "metrics", "show", "--json"], cwd=root, env=env, capture_output=True, text=True)
+    assert "baseline-resnet18.json" in shown.stdout and "mAP50" in shown.stdout
