@@ -1,0 +1,1 @@
+"""Knowledge distillation: GKD-BMFI and the baselines it is compared with (METHOD.md)."""

@@ -1,0 +1,74 @@
+"""The contract every knowledge-distillation method follows (ARCHITECTURE.md).
+
+A KD method is an ``nn.Module`` called once per training step::
+
+    terms = method(student_feats, teacher_feats, batch, context)   # dict[str, Tensor]
+
+* ``student_feats``: the student's FPN levels, finest first, each ``[N, C, H_l, W_l]``,
+  *in the autograd graph* (the imitation terms train the student through them).
+* ``teacher_feats``: the frozen teacher's FPN levels, same shapes, *detached*.
+* ``batch``: the augmented training :class:`~pipeline.structures.Batch` (boxes x1,y1,x2,y2 in
+  input pixels, after resize, flip and padding), so masks built from it sit where the
+  features are.
+* ``context``: :class:`KDContext`, what a method may need beyond features and boxes.
+
+The returned terms are scalars, already multiplied by their weights, named
+``kd_<method>_<term>`` so the training log shows each one; the training loop adds them to the
+detection loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from pipeline.structures import Batch
+
+
+@dataclass
+class KDContext:
+    """Per-step information handed to a KD method.
+
+    Attributes:
+        detector: ``"gfl"`` or ``"faster_rcnn"`` (anchor layouts differ).
+        strides: stride of each FPN level, finest first (GFL 8..128, Faster R-CNN 4..64).
+        student_losses: the student's detection loss terms of this step (with the
+            distiller's fused student gradient their head graph is already consumed: use
+            ``student_grads``).
+        teacher_losses: the teacher's detection loss values on the same batch, computed
+            from its detached FPN features made to require grad (GKD's teacher side), or
+            ``None`` when no method asked for them.
+        teacher_feats_grad: the leaf tensors ``teacher_losses`` were computed from
+            (``feats.detach().requires_grad_()``), so GKD can take their gradient.
+        student_grads: ``dL_task/d student_feats`` per level (float32, detached), when a
+            method sets ``needs_feature_grads`` (GKD); the distiller computes them once.
+        teacher_grads: ``d teacher_losses / d teacher_feats_grad`` likewise.
+        extras: free-form per-step values (e.g. ``iteration``).
+    """
+
+    detector: str
+    strides: tuple[int, ...]
+    student_losses: dict[str, Tensor]
+    teacher_losses: dict[str, Tensor] | None = None
+    teacher_feats_grad: list[Tensor] | None = None
+    student_grads: list[Tensor] | None = None
+    teacher_grads: list[Tensor] | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class KDMethod(nn.Module):
+    """Base of the KD methods. Subclasses set ``name`` and implement :meth:`forward`.
+
+    ``needs_teacher_loss``: the distiller computes ``context.teacher_losses`` (an extra
+    teacher head pass with gradient to its FPN features) only when a method sets this.
+    ``needs_feature_grads``: the distiller also fills ``context.student_grads`` and
+    ``context.teacher_grads`` (see :class:`KDContext`).
+    """
+
+    name: str = "kd"
+    needs_teacher_loss: bool = False
+    needs_feature_grads: bool = False
+
+    def forward(self, student_feats: list[Tensor], teacher_feats: list[Tensor], batch: Batch,
+                context: KDContext) -> dict[str, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError

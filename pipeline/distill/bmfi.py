@@ -1,0 +1,147 @@
+"""Bounding-box-aware multi-grained feature imitation, BMFI (Lan & Tian, WACV 2024, Sec. 3.2,
+Eq. 6-9), and the full GKD-BMFI objective (Eq. 10) with the ablation switches of Table 3.
+
+Attention of plain features ``A`` ``[N, C, H, W]`` with temperature ``T`` (Eq. 7-8)::
+
+    S = H*W * softmax_{spatial}( mean_k |A_k| / T )          [N, 1, H, W]
+    C = C   * softmax_{channel}( mean_{i,j} |A_{i,j}| / T )  [N, C, 1, 1]
+
+BMFI on one level, summed over levels, each sum divided by the batch size ``N`` (Eq. 9)::
+
+    L_BMFI = sum M_box * S_T * C_T * (A_T - A_S)^2  +  alpha * ( |S_T - S_S|_1 + |C_T - C_S|_1 )
+
+    L_KD   = gkd_weight * L_GKD + beta * L_BMFI                               (Eq. 10)
+
+``M_box`` is the top-flattened Gaussian box mask (:func:`pipeline.distill.masks.gaussian_box_mask`).
+The teacher's attention weights the imitation term. The paper's Eq. 10 has no weight on
+``L_GKD``; the authors' configs use one per detector (METHOD.md section 4), ``gkd_weight``.
+The per-detector defaults live in params (``distill.gkd``, ``pipeline/config.py``
+:class:`GKDParams`); the constructor's defaults are GFL's.
+
+Ablation switches (Table 3): ``gkd`` (the L_GKD term), ``mask`` (``M_box``; off: all ones),
+``mfi`` (the ``S, C`` weighting and the attention L1; off: plain squared error). The imitation
+term is present when ``mask`` or ``mfi`` is on; ``gkd`` alone is Table 3's "GKD only" row.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pipeline.distill.base import KDContext, KDMethod
+from pipeline.distill.gkd import EPS, gkd_loss, gradient_map, scaled_grad, task_loss
+from pipeline.distill.masks import gaussian_box_mask
+from pipeline.structures import Batch
+
+def spatial_attention(feats: Tensor, temperature: float) -> Tensor:
+    """Eq. 7: ``[N, C, H, W]`` -> ``S = H*W * softmax_{i,j}(mean_k |A_k| / T)`` ``[N, 1, H, W]``."""
+    n, _, h, w = feats.shape
+    logits = feats.float().abs().mean(dim=1).reshape(n, -1) / temperature
+    return (h * w * torch.softmax(logits, dim=1)).reshape(n, 1, h, w)
+
+
+def channel_attention(feats: Tensor, temperature: float) -> Tensor:
+    """Eq. 8: ``[N, C, H, W]`` -> ``C = C * softmax_k(mean_{i,j} |A_k| / T)`` ``[N, C, 1, 1]``."""
+    n, c = feats.shape[:2]
+    logits = feats.float().abs().mean(dim=(2, 3)) / temperature
+    return (c * torch.softmax(logits, dim=1)).reshape(n, c, 1, 1)
+
+
+def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor | None, temperature: float | None) -> Tensor:
+    """Eq. 9's first term on one level: ``sum M * S_T * C_T * (A_T - A_S)^2 / N``.
+
+    Args:
+        student, teacher: ``[N, C, H, W]`` (teacher detached).
+        mask: ``[N, 1, H, W]`` ``M_box``, or ``None`` for all ones (``mask`` off).
+        temperature: ``T`` of the teacher's attention, or ``None`` for no attention (``mfi`` off).
+    """
+    t = teacher.detach().float()
+    weight = torch.ones_like(t[:, :1, :1, :1])
+    if temperature is not None:
+        weight = spatial_attention(t, temperature) * channel_attention(t, temperature)
+    if mask is not None:
+        weight = weight * mask
+    return (weight * (t - student.float()) ** 2).sum() / student.shape[0]
+
+
+def attention_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Eq. 9's second term (without ``alpha``) on one level:
+    ``(|S_T - S_S|_1 + |C_T - C_S|_1) / N``."""
+    t = teacher.detach()
+    s_term = (spatial_attention(t, temperature) - spatial_attention(student, temperature)).abs().sum()
+    c_term = (channel_attention(t, temperature) - channel_attention(student, temperature)).abs().sum()
+    return (s_term + c_term) / student.shape[0]
+
+
+class GKDBMFI(KDMethod):
+    """GKD-BMFI (Eq. 10) and its Table-3 ablations, one module for the four method names.
+
+    Args:
+        name: the method name used in loss-term names (``kd_<name>_<term>``).
+        gkd, mask, mfi: the ablation switches (see the module docstring).
+        gkd_weight: weight of ``L_GKD``.
+        beta: weight of ``L_BMFI`` (Eq. 10).
+        alpha: weight of the attention L1 inside ``L_BMFI`` (Eq. 9).
+        temperature: ``T`` of the attention (Eq. 7-8).
+        signed: ``False``: GKD maps from ``|grad|`` and ``|A|`` (the released code).
+        targets: ``"gt"`` or ``"pseudo"``: the targets of the ``L_task`` whose gradient weights
+            the GKD maps (the distiller computes them).
+        area_normalize: divide each box's mask patch by its area (``M_box``).
+        pseudo_top_k, pseudo_score_thr: the pseudo targets' selection.
+
+    Returns (forward): ``kd_<name>_gkd`` (when ``gkd``), ``kd_<name>_imitation`` (when ``mask`` or
+    ``mfi``), ``kd_<name>_attention`` (when ``mfi``): weighted scalars.
+    """
+
+    def __init__(self, name: str = "gkd_bmfi", gkd: bool = True, mask: bool = True, mfi: bool = True,
+                 gkd_weight: float = 0.1, beta: float = 1e-3, alpha: float = 0.5, temperature: float = 0.5,
+                 signed: bool = True, targets: str = "gt", area_normalize: bool = True,
+                 pseudo_top_k: int = 10, pseudo_score_thr: float = 0.3) -> None:
+        super().__init__()
+        if targets not in ("gt", "pseudo"):
+            raise ValueError(f"targets must be 'gt' or 'pseudo', got {targets!r}")
+        if not (gkd or mask or mfi):
+            raise ValueError("GKDBMFI needs at least one of gkd, mask, mfi")
+        self.name = name
+        self.use_gkd, self.use_mask, self.use_mfi = gkd, mask, mfi
+        self.gkd_weight, self.beta, self.alpha, self.temperature = gkd_weight, beta, alpha, temperature
+        self.signed, self.targets, self.area_normalize = signed, targets, area_normalize
+        self.pseudo_top_k, self.pseudo_score_thr = pseudo_top_k, pseudo_score_thr
+        self.needs_teacher_loss = gkd
+        self.needs_feature_grads = gkd
+
+    def forward(self, student_feats: list[Tensor], teacher_feats: list[Tensor], batch: Batch,
+                context: KDContext) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        if self.use_gkd:
+            s_grads, t_grads = self._gradients(student_feats, context)
+            s_maps = [gradient_map(f, g, self.signed, EPS) for f, g in zip(student_feats, s_grads)]
+            t_maps = [gradient_map(f, g, self.signed, EPS) for f, g in zip(teacher_feats, t_grads)]
+            terms[f"kd_{self.name}_gkd"] = self.gkd_weight * gkd_loss(t_maps, s_maps)
+        if self.use_mask or self.use_mfi:
+            temperature = self.temperature if self.use_mfi else None
+            imitation = student_feats[0].new_zeros((), dtype=torch.float32)
+            attention = imitation.clone()
+            for s, t, stride in zip(student_feats, teacher_feats, context.strides):
+                mask = (gaussian_box_mask(batch.boxes, stride, tuple(s.shape[-2:]), self.area_normalize)
+                        if self.use_mask else None)
+                imitation = imitation + imitation_loss(s, t, mask, temperature)
+                if self.use_mfi:
+                    attention = attention + attention_loss(s, t, self.temperature)
+            terms[f"kd_{self.name}_imitation"] = self.beta * imitation
+            if self.use_mfi:
+                terms[f"kd_{self.name}_attention"] = self.beta * self.alpha * attention
+        return terms
+
+    @staticmethod
+    def _gradients(student_feats: list[Tensor], context: KDContext) -> tuple[list[Tensor], list[Tensor]]:
+        """``dL/dA`` of student and teacher: the distiller's, or computed here from the
+        context's loss terms (student: retaining the graph for the training backward)."""
+        s_grads = context.student_grads
+        if s_grads is None:
+            s_grads = scaled_grad(task_loss(context.student_losses), list(student_feats), retain_graph=True)
+        t_grads = context.teacher_grads
+        if t_grads is None:
+            if context.teacher_losses is None or context.teacher_feats_grad is None:
+                raise ValueError("GKD needs context.teacher_losses and teacher_feats_grad (needs_teacher_loss)")
+            t_grads = scaled_grad(task_loss(context.teacher_losses), context.teacher_feats_grad)
+        return s_grads, t_grads

@@ -1,0 +1,118 @@
+"""The KD methods by name: the one explicit dict of this family (ARCHITECTURE.md).
+
+* ``gkd_bmfi``, ``bmfi``, ``mfi``, ``gkd``: GKD-BMFI and the rows of the paper's Table 3
+  (all terms; mask + MFI; MFI only; GKD only), one module (:class:`~pipeline.distill.bmfi.GKDBMFI`)
+  with settings from params ``distill.gkd``;
+* ``mimic``, ``fgd``, ``fgfi``, ``defeat``, ``fkd``: the baselines (METHOD.md section 6), each
+  built from its module's per-detector ``DEFAULTS`` overridden by params
+  ``distill.baselines.<method>.<detector>``.
+
+A method name never contains ``-``: models are named ``<method>-<student backbone>``.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from functools import partial
+
+from pipeline.config import DistillParams
+from pipeline.distill.base import KDMethod
+from pipeline.errors import UserError
+
+#: Constructor arguments the builder sets from the detector, never from params.
+STRUCTURAL = ("num_levels", "channels")
+
+
+def _gkd_family(name: str, detector: str, params: DistillParams, channels: int, num_levels: int,
+                dataset: str | None, *, gkd: bool, mask: bool, mfi: bool) -> KDMethod:
+    from pipeline.distill.bmfi import GKDBMFI
+
+    g = params.gkd
+    weights = g.weights(dataset, detector)
+    return GKDBMFI(name=name, gkd=gkd, mask=mask, mfi=mfi, gkd_weight=weights.gkd_weight, beta=weights.beta,
+                   alpha=weights.alpha, temperature=g.temperature, signed=g.signed, targets=g.targets,
+                   area_normalize=g.area_normalize, pseudo_top_k=g.pseudo_top_k,
+                   pseudo_score_thr=g.pseudo_score_thr)
+
+
+def _mimic() -> tuple[type, dict]:
+    from pipeline.distill.mimic import DEFAULTS, Mimic
+    return Mimic, DEFAULTS
+
+
+def _fgd() -> tuple[type, dict]:
+    from pipeline.distill.fgd import DEFAULTS, FGD
+    return FGD, DEFAULTS
+
+
+def _fgfi() -> tuple[type, dict]:
+    from pipeline.distill.fgfi import DEFAULTS, FGFI
+    return FGFI, DEFAULTS
+
+
+def _defeat() -> tuple[type, dict]:
+    from pipeline.distill.defeat import DEFAULTS, DeFeat
+    return DeFeat, DEFAULTS
+
+
+def _fkd() -> tuple[type, dict]:
+    from pipeline.distill.fkd import DEFAULTS, FKD
+    return FKD, DEFAULTS
+
+
+def _baseline(load: Callable[[], tuple[type, dict]], name: str, detector: str, params: DistillParams,
+              channels: int, num_levels: int, dataset: str | None) -> KDMethod:
+    try:
+        cls, defaults = load()
+    except ImportError as err:
+        raise UserError(f"params.yaml: distill.methods: method {name!r} is not available in this version "
+                        f"({err}); remove it from distill.methods") from None
+    accepted = [p for p in inspect.signature(cls).parameters if p not in STRUCTURAL]
+    overrides = dict(params.baselines.get(name, {}).get(detector, {}))
+    for key in overrides:
+        if key not in accepted:
+            raise UserError(f"params.yaml: distill.baselines.{name}.{detector}.{key} is not a setting of "
+                            f"{name}; allowed: {', '.join(accepted)}")
+    kwargs = {**defaults.get(detector, {}), **overrides}
+    kwargs.update({k: v for k, v in (("channels", channels), ("num_levels", num_levels))
+                   if k in inspect.signature(cls).parameters})
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"params.yaml: distill.baselines.{name}.{detector}: {err}") from None
+
+
+MethodBuilder = Callable[[str, str, DistillParams, int, int, str | None], KDMethod]
+
+#: name -> builder ``(name, detector, params.distill, fpn_channels, num_levels, dataset) -> KDMethod``.
+METHODS: dict[str, MethodBuilder] = {
+    "gkd_bmfi": partial(_gkd_family, gkd=True, mask=True, mfi=True),
+    "bmfi": partial(_gkd_family, gkd=False, mask=True, mfi=True),
+    "mfi": partial(_gkd_family, gkd=False, mask=False, mfi=True),
+    "gkd": partial(_gkd_family, gkd=True, mask=False, mfi=False),
+    "mimic": partial(_baseline, _mimic),
+    "fgd": partial(_baseline, _fgd),
+    "fgfi": partial(_baseline, _fgfi),
+    "defeat": partial(_baseline, _defeat),
+    "fkd": partial(_baseline, _fkd),
+}
+
+#: The Table-3 ablation rows, in the paper's order (none = the baseline student).
+ABLATIONS = ("mfi", "bmfi", "gkd_bmfi", "gkd")
+
+
+def check_method(name: str) -> None:
+    """One line for a method name that does not exist."""
+    if name not in METHODS:
+        raise UserError(f"unknown KD method {name!r}; choose one of {', '.join(METHODS)} "
+                        "(params.yaml distill.methods)")
+
+
+def build_method(name: str, detector: str, params: DistillParams, channels: int = 256,
+                 num_levels: int = 5, dataset: str | None = None) -> KDMethod:
+    """The KD method ``name`` for ``detector`` (trained on ``dataset``) with the settings of
+    params' ``distill`` section."""
+    check_method(name)
+    for method in params.baselines:
+        check_method(method)
+    return METHODS[name](name, detector, params, channels, num_levels, dataset)

@@ -1,0 +1,139 @@
+"""DVC stage `distill@<dataset>-<detector>-<student>-<method>`: train a student against the frozen teacher.
+
+    python stages/distill.py <dataset> <detector> <student backbone> <method>
+
+Writes models/<dataset>/<detector>/<method>-<student>.pt (the model-file format of the train
+stage, role = method), logs/train/<dataset>/<detector>/<method>-<student>.json (per-epoch loss
+terms, KD terms included) and plots/gradmaps/<dataset>/<detector>/<method>-<student>/<image>.png
+(teacher and student gradient maps at the start and end, the paper's Fig. 4). The teacher is
+models/<dataset>/<detector>/<distill.teacher>.pt. Resumable state lives in
+checkpoints/<dataset>/<detector>/<method>-<student>/last.pt, as for the train stage.
+
+Order: build the student (seeded), inherit the teacher's neck and head (``distill.inherit``),
+draw the "start" maps, train, draw the "end" maps. Nothing re-initialises the student after
+inheriting.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.data.dataset import CuratedDataset, load_curated  # noqa: E402
+from pipeline.distill.distiller import Distiller, load_teacher  # noqa: E402
+from pipeline.distill.gradmaps import gradmap_batch, maps_of, render  # noqa: E402
+from pipeline.distill.inherit import inherit_neck_and_head  # noqa: E402
+from pipeline.distill.methods import build_method, check_method  # noqa: E402
+from pipeline.engine import distributed  # noqa: E402
+from pipeline.engine.checkpoint import Arch, save_model  # noqa: E402
+from pipeline.engine.runs import RunId, curated_path, fingerprint, resolve_device  # noqa: E402
+from pipeline.engine.trainer import train  # noqa: E402
+from pipeline.errors import exit_on_user_error  # noqa: E402
+from pipeline.io import atomic_dir, write_json  # noqa: E402
+from pipeline.models.detector import Detector  # noqa: E402
+from pipeline.models.factory import build_detector  # noqa: E402
+from stages.train import loop_config, training_set  # noqa: E402
+
+
+def gradmap_dir(run: RunId) -> Path:
+    return Path("plots") / "gradmaps" / run.dataset / run.detector / run.model
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (the teacher's identity in the resume fingerprint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def build_student(params: Params, run: RunId, arch: Arch, teacher: Detector) -> tuple[Detector, list[str]]:
+    """The student, seeded, with the teacher's neck and head copied in when ``distill.inherit``;
+    returns it and the names of the inherited tensors."""
+    torch.manual_seed(params.seed)
+    student = build_detector(run.detector, run.backbone, arch.num_classes, params.model.weights,
+                             params.model.fpn_channels, params.model.norm_eval, params.model.frozen_stages)
+    copied: list[str] = []
+    if params.distill.inherit:
+        copied, _ = inherit_neck_and_head(student, teacher)
+    return student, copied
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("student", help="student backbone, e.g. resnet18")
+    parser.add_argument("method", help="KD method, e.g. gkd_bmfi (pipeline/distill/methods.py)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    check_method(args.method)
+    d = params.distill
+    run = RunId(args.dataset, args.detector, f"{args.method}-{args.student}")
+    teacher_run = RunId(args.dataset, args.detector, d.teacher)
+    data = training_set(params, run.dataset)
+    arch = Arch(run.detector, run.backbone, len(data.class_names), tuple(data.class_names),
+                params.model.fpn_channels)
+    teacher = load_teacher(teacher_run.model_path, arch)
+    student, inherited = build_student(params, run, arch, teacher)
+    method = build_method(args.method, run.detector, d, params.model.fpn_channels, len(student.strides), run.dataset)
+    epochs = d.epochs or params.train.epochs
+    cfg = loop_config(params, epochs)
+    env, device = distributed.setup(resolve_device(params.train.device), params.distributed.backend,
+                                    cfg.batch_size)
+    student = distributed.convert_sync_bn(student, env, device, params.distributed.sync_bn)
+
+    val = CuratedDataset(load_curated(curated_path(run.dataset, "val")), params.input, train=False)
+    pictures = gradmap_batch(val, d.gradmap_images)
+    rows = {}
+    if pictures is not None and env.is_main:
+        teacher.to(device)
+        student.to(device)
+        on_device = pictures.to(device)
+        rows["teacher"] = maps_of(teacher, on_device, d.gkd.signed)
+        rows["student start"] = maps_of(student, on_device, d.gkd.signed)
+
+    distiller = Distiller(student, teacher, method, d.student_grad).to(device)
+    # The process count is not part of the fingerprint: a run resumes under another count.
+    key = fingerprint(run.model, run.detector, arch.as_dict(), cfg, params.input.model_dump(),
+                      params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
+                      d.model_dump(mode="json", exclude={"methods", "students", "gradmap_images"}),
+                      file_digest(teacher_run.model_path),
+                      [img["id"] for img in data.images])
+    start = time.perf_counter()
+    result = train(student, data, cfg, run.checkpoint_dir, device, key, extra=distiller, desc=str(run),
+                   extra_module=method, rank=env.rank, world_size=env.world_size,
+                   wrap=distributed.ddp_wrapper(env, device))
+    distiller.close()
+    if not env.is_main:
+        distributed.teardown(env)
+        return
+
+    with atomic_dir(gradmap_dir(run)) as folder:
+        if pictures is not None:
+            rows["student end"] = maps_of(student, pictures.to(device), d.gkd.signed)
+            render(pictures, rows, tuple(student.strides), folder, params.input.mean, params.input.std)
+    save_model(run.model_path, student, arch,
+               meta={"role": args.method, "epochs": epochs, "dataset": run.dataset, "teacher": d.teacher,
+                     "inherit": d.inherit, "inherited_tensors": len(inherited)})
+    write_json(run.train_log_path, result.history)
+    last = result.history[-1] if result.history else {}
+    kd = {k: round(v, 4) for k, v in last.items() if k.startswith("kd_")}
+    print(f"distilled {run} from {teacher_run.model} in {time.perf_counter() - start:.0f} s on "
+          f"{env.world_size} x {device} (final loss {last.get('loss', float('nan')):.3f}, {kd}) -> {run.model_path}")
+    distributed.teardown(env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""DVC stage `distill_tables@<dataset>-<detector>`: the distillation tables from the metrics files.
+
+Writes reports/tables/distill_<dataset>_<detector>.md and .json: the paper's Tables 1-2
+(teacher, each student's baseline and every method of ``distill.methods``, mAP50 and voc_mAP50)
+and, when ablation methods (``mfi``, ``bmfi``, ``gkd``) ran, a Table-3-style ablation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import load_params  # noqa: E402
+from pipeline.errors import exit_on_user_error  # noqa: E402
+from pipeline.io import atomic_file, write_json  # noqa: E402
+from pipeline.report.tables import ablation_rows, distill_rows, markdown  # noqa: E402
+
+
+def table_paths(dataset: str, detector: str) -> tuple[Path, Path]:
+    stem = Path("reports") / "tables" / f"distill_{dataset}_{detector}"
+    return stem.with_suffix(".md"), stem.with_suffix(".json")
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    d = load_params(args.params).distill
+    metrics_dir = Path("metrics") / args.dataset / args.detector
+    rows = distill_rows(metrics_dir, d.teacher, d.students, d.methods)
+    ablation = ablation_rows(metrics_dir, d.students, d.methods)
+    md_path, json_path = table_paths(args.dataset, args.detector)
+    text = markdown(args.dataset, args.detector, rows, ablation)
+    with atomic_file(md_path) as handle:
+        handle.write(text)
+    write_json(json_path, {"dataset": args.dataset, "detector": args.detector, "rows": rows, "ablation": ablation})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
