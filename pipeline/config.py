@@ -103,6 +103,10 @@ class ModelParams(Record):
         "teacher-resnet101", "baseline-resnet18", "baseline-resnet50")
     weights: str = "none"
     fpn_channels: Annotated[int, Field(ge=8, le=1024)] = 256
+    # MMDetection's backbone switches; None derives them from `weights` (pretrained: BatchNorm
+    # kept in eval mode, stem + layer1 frozen; from scratch: everything trains).
+    norm_eval: bool | None = None
+    frozen_stages: Annotated[int | None, Field(ge=-1, le=4)] = None
 
     @model_validator(mode="after")
     def _one_teacher(self) -> "ModelParams":
@@ -142,10 +146,170 @@ class TrainParams(Record):
     max_train_images: Annotated[int | None, Field(ge=1)] = None
 
 
+class DistributedParams(Record):
+    """Data-parallel training (see :mod:`pipeline.engine.distributed`).
+
+    ``launcher`` is put in front of every training command by ``dvc.yaml``: ``python`` runs
+    one process; ``torchrun --standalone --nproc-per-node=4`` four on this machine; several
+    machines add torchrun's rendezvous options (README). ``train.batch_size`` stays the
+    global batch, split evenly over the processes.
+    """
+
+    launcher: Annotated[str, Field(pattern=r"^(python3?|torchrun)( .*)?$")] = "python"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    sync_bn: bool = False
+
+
 class EvalParams(Record):
     """Inference settings for evaluation (the detectors' own test configs otherwise)."""
 
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+
+
+METHOD_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class GKDWeights(Record):
+    """Per-detector weights of GKD-BMFI (METHOD.md section 4; tuned by the authors at 1333x800).
+
+    ``L_KD = gkd_weight * L_GKD + beta * L_BMFI`` (Eq. 10) with
+    ``L_BMFI = imitation + alpha * attention`` (Eq. 9).
+    """
+
+    gkd_weight: Annotated[float, Field(ge=0.0)]
+    beta: Annotated[float, Field(ge=0.0)]
+    alpha: Annotated[float, Field(ge=0.0)]
+
+
+class GKDParams(Record):
+    """GKD-BMFI settings shared by its method names ``gkd_bmfi``, ``bmfi``, ``mfi``, ``gkd``.
+
+    Choices the paper leaves open (METHOD.md sections 2-3), defaults first:
+    ``signed`` (false: maps from |grad| and |A|, as the released code), ``targets`` (``pseudo``:
+    the model's own top ``pseudo_top_k`` detections with score > ``pseudo_score_thr``, as
+    released), ``area_normalize`` (divide each box's mask patch by its grown area),
+    ``temperature`` T of the attention, and the per-detector weights (METHOD.md section 4: KITTI's
+    GKD weights per detector, COCO-Traffic's in ``datasets``).
+    """
+
+    signed: bool = True
+    targets: Literal["gt", "pseudo"] = "gt"
+    pseudo_top_k: Annotated[int, Field(ge=1, le=1000)] = 10
+    pseudo_score_thr: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    area_normalize: bool = True
+    temperature: Annotated[float, Field(gt=0.0)] = 0.5
+    gfl: GKDWeights = GKDWeights(gkd_weight=0.1, beta=1e-3, alpha=0.5)
+    faster_rcnn: GKDWeights = GKDWeights(gkd_weight=0.5, beta=5e-5, alpha=1.0)
+    #: per-dataset replacements of the per-detector weights (the authors' COCO-Traffic GKD weights)
+    datasets: dict[Annotated[str, Field(pattern=DATASET_NAME)], dict[Literal["gfl", "faster_rcnn"], GKDWeights]] = {
+        "coco_traffic": {"gfl": GKDWeights(gkd_weight=0.5, beta=1e-3, alpha=0.5),
+                         "faster_rcnn": GKDWeights(gkd_weight=0.01, beta=5e-5, alpha=1.0)}}
+
+    def weights(self, dataset: str | None, detector: str) -> GKDWeights:
+        """The weights for ``detector`` on ``dataset``: ``datasets.<dataset>.<detector>`` if set,
+        else the detector's."""
+        return self.datasets.get(dataset or "", {}).get(detector) or getattr(self, detector)
+
+
+class DistillParams(Record):
+    """The `distill` stage: students trained against a frozen teacher with KD methods.
+
+    ``teacher`` names a model of ``model.train``; ``students`` are backbones and ``methods``
+    names of ``pipeline/distill/methods.py`` (checked by the stage), giving the models
+    ``<method>-<student>``. ``inherit`` copies the teacher's neck and head into each student
+    first. ``epochs`` ``None`` uses ``train.epochs`` (the baselines' budget, for a fair
+    comparison). ``student_grad``: how GKD gets the student's gradient (``fused``: one head
+    backward; ``separate``: two, simpler). ``gradmap_images``: val images drawn as gradient-map
+    pictures (0: none). ``baselines``: per method and detector, constructor arguments that
+    override the method module's ``DEFAULTS``.
+    """
+
+    teacher: Annotated[str, Field(pattern=MODEL_NAME)] = "teacher-resnet101"
+    students: Annotated[tuple[Literal["resnet18", "resnet50", "resnet101"], ...], Field(min_length=1)] = (
+        "resnet18", "resnet50")
+    methods: Annotated[tuple[Annotated[str, Field(pattern=METHOD_NAME)], ...], Field(min_length=1)] = (
+        "gkd_bmfi", "mimic")
+    inherit: bool = True
+    epochs: Annotated[int | None, Field(ge=1, le=1000)] = None
+    student_grad: Literal["fused", "separate"] = "fused"
+    gradmap_images: Annotated[int, Field(ge=0, le=64)] = 4
+    gkd: GKDParams = GKDParams()
+    baselines: dict[Annotated[str, Field(pattern=METHOD_NAME)],
+                    dict[Literal["gfl", "faster_rcnn"], dict[str, float | int | bool | str]]] = {}
+
+    @model_validator(mode="after")
+    def _no_duplicates(self) -> "DistillParams":
+        for key in ("students", "methods"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} has duplicates: {list(values)}")
+        return self
+
+
+EXPORT_MODEL_NAME = r"^[a-z][a-z0-9_]*-(resnet18|resnet50|resnet101)$"
+
+
+class ParityParams(Record):
+    """Tolerances of the export parity gate (``pipeline/deploy/parity.py``): ONNX Runtime on the
+    val split against PyTorch. ``map50_tol`` in mAP50 points; detections match with the same class,
+    IoU >= ``box_iou`` and |score difference| <= ``score_tol``; at most ``max_unmatched`` of them
+    may stay unmatched without a threshold/top-K boundary explaining it."""
+
+    map50_tol: Annotated[float, Field(ge=0.0, le=100.0)] = 0.1
+    box_iou: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
+    score_tol: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-3
+    max_unmatched: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
+
+
+class TensorRTParams(Record):
+    """Engine builds (skipped with a record where TensorRT or a GPU is missing)."""
+
+    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+    opt_batch: Annotated[int, Field(ge=1, le=256)] = 1
+    workspace_mib: Annotated[int, Field(ge=64, le=65536)] = 2048
+
+
+class DeployParams(Record):
+    """The `export` stage: every model in ``models`` -> ONNX (NMS inside) in each precision,
+    parity-gated, evaluated with ONNX Runtime on CPU, and TensorRT engines where possible.
+
+    ``models`` are ``<role or method>-<backbone>`` names of trained or distilled models;
+    ``int8`` is calibrated on ``calib_images`` curated training images (never val).
+    """
+
+    models: Annotated[tuple[Annotated[str, Field(pattern=EXPORT_MODEL_NAME)], ...], Field(min_length=1)] = (
+        "baseline-resnet18", "baseline-resnet50")
+    precisions: Annotated[tuple[Literal["fp32", "fp16", "int8"], ...], Field(min_length=1)] = ("fp32", "fp16", "int8")
+    opset: Annotated[int, Field(ge=17, le=23)] = 17
+    dynamic_batch: bool = True
+    simplify: bool = True
+    calib_images: Annotated[int, Field(ge=1, le=100_000)] = 32
+    calib_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    parity: ParityParams = ParityParams()
+    tensorrt: TensorRTParams = TensorRTParams()
+
+    @model_validator(mode="after")
+    def _fp32_first(self) -> "DeployParams":
+        if "fp32" not in self.precisions:
+            raise ValueError("precisions must include fp32 (the parity-gated graph the others derive from)")
+        for key in ("models", "precisions"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} has duplicates: {list(values)}")
+        if self.tensorrt.opt_batch > self.tensorrt.max_batch:
+            raise ValueError("tensorrt.opt_batch must not exceed tensorrt.max_batch")
+        return self
+
+
+class BenchmarkParams(Record):
+    """The `benchmark` stage: latency percentiles at batch 1 after ``warmup_iters`` runs over
+    ``iters`` timed runs, throughput at ``throughput_batch``; CPU backends pinned to ``threads``."""
+
+    warmup_iters: Annotated[int, Field(ge=1, le=10_000)] = 5
+    iters: Annotated[int, Field(ge=3, le=100_000)] = 30
+    throughput_batch: Annotated[int, Field(ge=1, le=256)] = 4
+    throughput_iters: Annotated[int, Field(ge=1, le=10_000)] = 5
+    threads: Annotated[int, Field(ge=1, le=256)] = 2
 
 
 class Params(Record):
@@ -160,6 +324,10 @@ class Params(Record):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
+    distributed: DistributedParams = DistributedParams()
+    distill: DistillParams = DistillParams()
+    deploy: DeployParams = DeployParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
 
     @model_validator(mode="after")
     def _datasets_have_sources(self) -> "Params":
@@ -171,6 +339,13 @@ class Params(Record):
                 )
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"datasets has duplicates: {list(self.datasets)}")
+        return self
+
+    @model_validator(mode="after")
+    def _distill_teacher_is_trained(self) -> "Params":
+        if self.distill.teacher not in self.model.train:
+            raise ValueError(f"distill.teacher = {self.distill.teacher!r} is not trained by the pipeline; "
+                             f"use one of model.train {list(self.model.train)} or add it there")
         return self
 
     def source(self, dataset: str) -> SourceParams:

@@ -13,13 +13,12 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
-from pipeline.engine.checkpoint import load_weights, read_model_file
 from pipeline.engine.inference import evaluate_model
-from pipeline.engine.runs import RunId, curated_path, resolve_device
+from pipeline.engine.runs import RunId, curated_path, load_trained, resolve_device
 from pipeline.errors import exit_on_user_error
 from pipeline.io import write_json
 from pipeline.models.complexity import count_parameters
-from pipeline.models.factory import build_detector, detector_gflops
+from pipeline.models.factory import detector_gflops
 
 
 @exit_on_user_error
@@ -34,11 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     run = RunId(args.dataset, args.detector, args.model)
     val = CuratedDataset(load_curated(curated_path(run.dataset, "val")), params.input, train=False)
-    arch, _, _ = read_model_file(run.model_path)
-    model = build_detector(arch.detector, arch.backbone, arch.num_classes, "none", arch.fpn_channels)
-    expected = arch.__class__(run.detector, run.backbone, len(val.class_names), tuple(val.class_names),
-                              params.model.fpn_channels)
-    meta = load_weights(run.model_path, model, expected)
+    model, meta = load_trained(run, val.class_names, params.model.fpn_channels)
     device = resolve_device(params.train.device)
     start = time.perf_counter()
     metrics = evaluate_model(model, val, device, params.eval.batch_size)

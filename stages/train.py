@@ -4,6 +4,9 @@ Writes models/<dataset>/<detector>/<model>.pt and logs/train/<dataset>/<detector
 (per-epoch loss terms, learning rate, images/s: a DVC plot). Resumable state lives in
 checkpoints/<dataset>/<detector>/<model>/last.pt (a persistent DVC output), so a killed
 `dvc repro` continues from the last finished epoch.
+
+Runs as one process (``python stages/train.py ...``) or data-parallel under torchrun
+(``params.yaml: distributed.launcher``); only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import time
 
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
+from pipeline.engine import distributed
 from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.engine.runs import RunId, curated_path, fingerprint, resolve_device
-from pipeline.engine.trainer import LoopConfig, train
+from pipeline.engine.trainer import LoopConfig, seed_everything, train
 from pipeline.errors import exit_on_user_error
 from pipeline.io import write_json
 from pipeline.models.factory import build_detector
@@ -50,20 +54,29 @@ def main(argv: list[str] | None = None) -> None:
     data = training_set(params, run.dataset)
     arch = Arch(run.detector, run.backbone, len(data.class_names), tuple(data.class_names),
                 params.model.fpn_channels)
+    seed_everything(params.seed)  # the initial weights too are a function of the seed
     model = build_detector(run.detector, run.backbone, arch.num_classes, params.model.weights,
-                           params.model.fpn_channels)
+                           params.model.fpn_channels, params.model.norm_eval, params.model.frozen_stages)
     epochs = (params.train.teacher_epochs or params.train.epochs) if run.role == "teacher" else params.train.epochs
     cfg = loop_config(params, epochs)
-    device = resolve_device(params.train.device)
+    env, device = distributed.setup(resolve_device(params.train.device), params.distributed.backend,
+                                    cfg.batch_size)
+    model = distributed.convert_sync_bn(model, env, device, params.distributed.sync_bn)
+    # The process count is not part of the fingerprint: a run resumes under another count.
     key = fingerprint(run.model, run.detector, arch.as_dict(), cfg, params.input.model_dump(),
-                      params.model.weights, [img["id"] for img in data.images])
+                      params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
+                      [img["id"] for img in data.images])
     start = time.perf_counter()
-    result = train(model, data, cfg, run.checkpoint_dir, device, key, desc=str(run))
-    save_model(run.model_path, model, arch, meta={"role": run.role, "epochs": epochs, "dataset": run.dataset})
-    write_json(run.train_log_path, result.history)
-    rate = sum(h["images_per_s"] for h in result.history) / max(1, len(result.history))
-    print(f"trained {run} in {time.perf_counter() - start:.0f} s on {device} "
-          f"({rate:.2f} images/s, final loss {result.history[-1]['loss']:.3f}) -> {run.model_path}")
+    result = train(model, data, cfg, run.checkpoint_dir, device, key, desc=str(run), rank=env.rank,
+                   world_size=env.world_size, wrap=distributed.ddp_wrapper(env, device))
+    if env.is_main:
+        save_model(run.model_path, model, arch, meta={"role": run.role, "epochs": epochs, "dataset": run.dataset,
+                                                      "processes": env.world_size})
+        write_json(run.train_log_path, result.history)
+        rate = sum(h["images_per_s"] for h in result.history) / max(1, len(result.history))
+        print(f"trained {run} in {time.perf_counter() - start:.0f} s on {env.world_size} x {device} "
+              f"({rate:.2f} images/s, final loss {result.history[-1]['loss']:.3f}) -> {run.model_path}")
+    distributed.teardown(env)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +33,16 @@ def write_kitti(root: Path, frames: dict[int, list[str]], size: tuple[int, int] 
         Image.fromarray(pixels).save(root / "image_2" / f"{frame_id:06d}.png")
         (root / "label_2" / f"{frame_id:06d}.txt").write_text("".join(line + "\n" for line in lines))
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests: as fast as two, and it does not
+    spin against other processes on a shared 2-core machine. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -31,13 +31,7 @@ GFL_STRIDES = (8, 16, 32, 64, 128)
 FRCNN_STRIDES = (4, 8, 16, 32, 64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(boxes: list[torch.Tensor], hw: tuple[int, int]) -> Batch:

@@ -16,14 +16,7 @@ from pipeline.distill.methods import build_method
 E = math.exp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast and does not spin against other
-    processes on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gaussian_mask_is_one_on_the_box_gaussian_on_the_ring_zero_elsewhere():   # Eq. 6

@@ -38,14 +38,7 @@ from stages import tables as tables_stage
 CLASSES = ("car", "person")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast and does not spin against other
-    processes on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_detector(width: int = 32, num_classes: int = 2) -> Detector:

@@ -15,14 +15,7 @@ from pipeline.structures import Batch, Detections
 EPS = 1e-7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast and does not spin against other
-    processes on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_batch(n: int = 2, h: int = 64, w: int = 128) -> Batch:

@@ -21,6 +21,11 @@ TINY = {
     "model": {"train": ["teacher-resnet18", "baseline-resnet18"]},
     "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 2, "lr_steps": [], "num_workers": 0},
     "curate": {"preview_images": 2},
+    "distill": {"teacher": "teacher-resnet18", "students": ["resnet18"], "methods": ["gkd_bmfi"],
+                "gradmap_images": 1},
+    "deploy": {"models": ["baseline-resnet18", "gkd_bmfi-resnet18"], "precisions": ["fp32", "int8"],
+               "calib_images": 2},
+    "benchmark": {"warmup_iters": 1, "iters": 3, "throughput_batch": 2, "throughput_iters": 1},
 }
 
 
@@ -66,6 +71,14 @@ def test_dvc_repro_curates_trains_and_evaluates(repro):
         assert metrics["params_M"] == pytest.approx(19.243404)
         assert set(metrics["per_class"]) == {"Car", "Pedestrian", "Cyclist"}
         assert "kitti" in metrics
+    distilled = json.loads((root / "metrics" / "synthetic" / "gfl" / "gkd_bmfi-resnet18.json").read_text())
+    assert 0.0 <= distilled["mAP50"] <= 100.0
+    manifest = json.loads((root / "exports" / "synthetic" / "gfl" / "gkd_bmfi-resnet18" / "manifest.json").read_text())
+    assert manifest["parity"]["mAP50_onnx"] == pytest.approx(manifest["parity"]["mAP50_pytorch"], abs=0.1)
+    bench = json.loads((root / "metrics" / "benchmark" / "synthetic" / "gfl" / "gkd_bmfi-resnet18.json").read_text())
+    assert "onnxruntime-cpu-fp32" in bench["backends"]
+    summary = (root / "reports" / "summary.md").read_text()
+    assert "| gkd_bmfi-resnet18 |" in summary and "### Distillation" in summary
 
 
 def test_second_repro_is_up_to_date_and_metrics_are_listed(repro):

@@ -25,14 +25,7 @@ from pipeline.engine.trainer import LoopConfig, train
 from test_distiller import tiny_batch, tiny_detector
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast and does not spin against other
-    processes on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def test_summary_has_speedups_latencies_tables_and_relative_links(tmp_path):
     assert "| gkd_bmfi-resnet18 | 45.50 | 46.50 | 19.24 | 7.60 | 20.0 | 4.00x |" in text
     assert "| teacher-resnet101 | 50.00 | 51.00 | 51.26 | 7.60 | 5.0 | 1.00x |" in text
     assert "| gkd_bmfi-resnet18 | onnxruntime-cpu-fp32 | 12.35 |" in text
-    assert "skipped: TensorRT is not installed" in text
+    assert "- tensorrt: TensorRT is not installed" in text
     assert "#### Distillation table" in text
     assert "](../plots/benchmark/synthetic_gfl.png)" in text
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
+from pipeline.engine.checkpoint import Arch, load_weights, read_model_file
 from pipeline.errors import UserError
+from pipeline.models.detector import Detector
+from pipeline.models.factory import build_detector
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,16 @@ def fingerprint(*parts: Any) -> str:
     """Stable hash of json-serialisable configuration parts (for resuming checkpoints)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_trained(run: RunId, class_names: list[str] | tuple[str, ...], fpn_channels: int
+                 ) -> tuple[Detector, dict[str, Any]]:
+    """The model file of ``run`` in a freshly built detector: ``(model, meta)``.
+
+    The file's architecture is checked against the run's detector and backbone, the dataset's
+    ``class_names`` and params' ``fpn_channels`` first, so a mismatch ends with one line.
+    """
+    arch, _, _ = read_model_file(run.model_path)
+    model = build_detector(arch.detector, arch.backbone, arch.num_classes, "none", arch.fpn_channels)
+    expected = Arch(run.detector, run.backbone, len(class_names), tuple(class_names), fpn_channels)
+    return model, load_weights(run.model_path, model, expected)

@@ -99,6 +99,15 @@ class EpochSampler(Sampler[int]):
         return math.ceil(self.size / self.world_size)
 
 
+def average_gradients(module: nn.Module, world_size: int) -> None:
+    """Average ``module``'s gradients over the processes (what DDP does for the model), for the
+    trainable layers of a KD method, which live outside the DDP-wrapped model."""
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, persistent_workers=False, pin_memory=torch.cuda.is_available())
@@ -114,7 +123,7 @@ def _check_finite(losses: dict[str, Tensor], iteration: int, run_dir: Path) -> N
 
 
 def _resume(run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-            device: torch.device) -> tuple[int, list[dict[str, float]]]:
+            device: torch.device, extra_module: nn.Module | None = None) -> tuple[int, list[dict[str, float]]]:
     """Restore ``last.pt`` if it belongs to this configuration: ``(next_epoch, history)``."""
     path = run_dir / "last.pt"
     if not path.exists():
@@ -123,6 +132,8 @@ def _resume(run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.
     if state.get("fingerprint") != fingerprint:
         return 0, []
     model.load_state_dict(state["model"])
+    if extra_module is not None:
+        extra_module.load_state_dict(state["extra_module"])
     optimizer.load_state_dict(state["optimizer"])
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -137,7 +148,8 @@ def _resume(run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.
 def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, device: torch.device,
           fingerprint: str, extra: ExtraLoss | None = None, rank: int = 0, world_size: int = 1,
           wrap: Callable[[nn.Module], nn.Module] | None = None, desc: str = "train",
-          on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+          on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+          extra_module: nn.Module | None = None) -> TrainResult:
     """Train ``model`` in place.
 
     Args:
@@ -149,13 +161,19 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
         rank, world_size: this process's place among ``world_size`` data-parallel ones.
         wrap: wraps the model for the step (DistributedDataParallel); the unwrapped model
             is what is checkpointed.
+        extra_module: trainable layers ``extra`` owns outside the model (a KD method's own
+            modules): their parameters join the optimiser after the model's and their state
+            is kept in ``last.pt`` for resuming, not in the model.
     """
     is_main = rank == 0
     seed_everything(cfg.seed + rank)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    if extra_module is not None:
+        extra_module.to(device)
+        params += [p for p in extra_module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start_epoch, history = _resume(run_dir, fingerprint, model, optimizer, device)
+    start_epoch, history = _resume(run_dir, fingerprint, model, optimizer, device, extra_module)
     result = TrainResult(history=history, resumed_from_epoch=start_epoch)
     if start_epoch >= cfg.epochs:
         return result
@@ -171,6 +189,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         model.train()
+        if extra_module is not None:
+            extra_module.train()
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
         bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", disable=not is_main,
@@ -190,6 +210,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            if world_size > 1 and extra_module is not None:
+                average_gradients(extra_module, world_size)
             if cfg.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -209,8 +231,11 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
                   **{k: v / max(seen, 1) for k, v in sums.items()}}
         history.append(record)
         if is_main:
-            save_torch({"fingerprint": fingerprint, "epoch": epoch, "history": history,
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict()}, run_dir / "last.pt")
+            state = {"fingerprint": fingerprint, "epoch": epoch, "history": history,
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            if extra_module is not None:
+                state["extra_module"] = extra_module.state_dict()
+            save_torch(state, run_dir / "last.pt")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
     return result

@@ -24,8 +24,13 @@ DETECTORS = ("gfl", "faster_rcnn")
 
 
 def build_detector(detector: str, backbone: str, num_classes: int, weights: str | os.PathLike = "none",
-                   fpn_channels: int = 256) -> Detector:
-    """Build a detector; unknown names end with one clear line."""
+                   fpn_channels: int = 256, norm_eval: bool | None = None,
+                   frozen_stages: int | None = None) -> Detector:
+    """Build a detector; unknown names end with one clear line.
+
+    ``norm_eval`` / ``frozen_stages``: the backbone's MMDetection switches (``None``: derived
+    from ``weights``, see :class:`~pipeline.models.backbone.ResNetBackbone`).
+    """
     if detector not in DETECTORS:
         raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     if backbone not in BACKBONES:
@@ -33,7 +38,8 @@ def build_detector(detector: str, backbone: str, num_classes: int, weights: str 
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
     try:
-        body = ResNetBackbone(BACKBONES[backbone], out_indices=(0, 1, 2, 3), weights=weights)
+        body = ResNetBackbone(BACKBONES[backbone], out_indices=(0, 1, 2, 3), weights=weights,
+                              frozen_stages=frozen_stages, norm_eval=norm_eval)
     except (ValueError, RuntimeError) as err:
         raise UserError(str(err)) from None
     channels = list(body.out_channels)

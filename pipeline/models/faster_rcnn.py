@@ -73,7 +73,6 @@ Remaining deviations from MMDetection (all minor):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import torch

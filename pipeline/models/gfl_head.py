@@ -132,6 +132,11 @@ def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None, e
     return d
 
 
+def _world_size() -> int:
+    """Number of data-parallel processes (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _reduce_mean(t: Tensor) -> Tensor:
     """Mean over processes (identity when not distributed), as MMDetection's."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -405,9 +410,13 @@ class GFLHead(nn.Module):
         """
         pos = ((labels >= 0) & (labels < self.num_classes)).nonzero().squeeze(1)
         num_pos = _reduce_mean(torch.tensor(float(pos.numel()), device=cls_flat.device)).item()
-        # MMDetection 3.3 divides by (num_pos + eps) unclamped; we clamp at 1 so a batch
-        # without any gt box gives a finite loss (identical whenever num_pos >= 1).
-        num_pos = max(num_pos, 1.0)
+        # MMDetection 3.3 divides by (num_pos + eps) unclamped; we clamp so a batch without
+        # any gt box gives a finite loss (identical whenever the batch has a positive). Both
+        # clamps below act on the per-process mean, so their floor is 1 / processes: then W
+        # processes divide by exactly what one process would on the global batch (MMDetection's
+        # clamp(min=1) of the mean makes the early-training step depend on the GPU count).
+        floor = 1.0 / _world_size()
+        num_pos = max(num_pos, floor)
 
         scores = cls_flat.new_zeros(labels.shape, dtype=torch.float32)
         if pos.numel() > 0:
@@ -430,7 +439,7 @@ class GFLHead(nn.Module):
             loss_bbox = reg_flat.sum() * 0
             loss_dfl = reg_flat.sum() * 0
             weight_sum = reg_flat.new_tensor(0.0)
-        weight_avg = _reduce_mean(weight_sum).clamp(min=1).item()
+        weight_avg = _reduce_mean(weight_sum).clamp(min=floor).item()
 
         qfl = quality_focal_loss(cls_flat, labels, scores, beta=self.qfl_beta)
         loss_cls = (qfl * label_weights).sum() / (num_pos + AVG_EPS)

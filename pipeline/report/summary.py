@@ -65,6 +65,7 @@ def latency_table(bench_dir: Path, models: list[str]) -> str:
     lines = ["| model | backend | p50 ms | p90 ms | p99 ms | img/s (batched) | mAP50 | providers |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     found = False
+    skipped: dict[str, str] = {}
     for model in models:
         record = _read(Path(bench_dir) / f"{model}.json")
         if not record:
@@ -76,9 +77,12 @@ def latency_table(bench_dir: Path, models: list[str]) -> str:
             lines.append(f"| {model} | {name} | {_fmt(row.get('p50_ms'))} | {_fmt(row.get('p90_ms'))} | "
                          f"{_fmt(row.get('p99_ms'))} | {_fmt(row.get('throughput_ips'), 1)} | "
                          f"{_fmt(row.get('mAP50'))} | {providers} |")
-        for name, why in record.get("skipped", {}).items():
-            lines.append(f"| {model} | {name} | skipped: {why} | | | | | |")
-    return "\n".join(lines) if found else "_No benchmark results yet (run the benchmark stages)._"
+        skipped.update(record.get("skipped", {}))
+    if not found:
+        return "_No benchmark results yet (run the benchmark stages)._"
+    if skipped:  # the same reasons hold for every model: say them once
+        lines += ["", "Not measured on this machine:"] + [f"- {name}: {why}" for name, why in skipped.items()]
+    return "\n".join(lines)
 
 
 def _link(target: Path, report_dir: Path) -> str:
@@ -99,7 +103,7 @@ def section(dataset: str, detector: str, root: Path, report_dir: Path) -> str:
     table = root / "reports" / "tables" / f"distill_{dataset}_{detector}.md"
     if table.is_file():
         text = table.read_text().strip()
-        demoted = ("###" + line if line.startswith("#") else line for line in text.splitlines())
+        demoted = ("#### " + line.lstrip("# ") if line.startswith("#") else line for line in text.splitlines())
         parts += ["### Distillation", "", "\n".join(demoted), ""]
     maps = sorted((root / "plots" / "gradmaps" / dataset / detector).glob("*/*.png"))
     if maps:

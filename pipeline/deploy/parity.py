@@ -1,0 +1,127 @@
+"""The parity gate: does the exported graph, run by ONNX Runtime, detect what PyTorch detects?
+
+Both sides run over the val split with identical preprocessing (the curated Dataset), boxes are
+mapped to original-image pixels as :func:`pipeline.engine.inference.predict_dataset` does, and
+scored with :func:`pipeline.metrics.evaluate_detections`. The gate passes when
+
+* ``|mAP50(onnx) - mAP50(torch)| <= map50_tol`` (percent points), and
+* per image, detections match one-to-one (same class, IoU >= ``box_iou``, score within
+  ``score_tol``), tie-insensitively: a detection left unmatched only counts against the gate
+  when it is not explained by a boundary (its score within ``score_tol`` of the score threshold
+  or of the last kept score of a full top-K list); at most ``max_unmatched`` of all detections
+  may be unexplained.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.data.dataset import CuratedDataset, collate
+from pipeline.errors import UserError
+from pipeline.metrics import evaluate_detections
+from pipeline.structures import Detections
+
+
+class Backend(Protocol):
+    def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    """Tolerances of the gate (written to the manifest)."""
+
+    map50_tol: float = 0.1
+    box_iou: float = 0.99
+    score_tol: float = 1e-3
+    max_unmatched: float = 0.005
+
+
+def backend_detections(backend: Backend, dataset: CuratedDataset, batch_size: int) -> dict[int, Detections]:
+    """Run ``backend`` (``run(images, sizes)`` -> padded outputs) over ``dataset``; detections per
+    image id with boxes in original pixels."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+    out: dict[int, Detections] = {}
+    for batch in loader:
+        sizes = np.array(batch.image_sizes, dtype=np.float32)
+        num, boxes, scores, labels = backend.run(batch.images.numpy(), sizes)
+        for i in range(len(batch)):
+            k = int(num[i, 0])
+            b = torch.from_numpy(np.ascontiguousarray(boxes[i, :k], dtype=np.float32))
+            out[batch.image_ids[i]] = Detections(batch.to_original(i, b),
+                                                 torch.from_numpy(scores[i, :k].astype(np.float32)),
+                                                 torch.from_numpy(labels[i, :k].astype(np.int64)))
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[A, 4]`` x ``[B, 4]`` x1,y1,x2,y2 -> ``[A, B]`` IoU."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_image(ref: Detections, got: Detections, tol: ParityTolerance, score_thr: float,
+                max_det: int) -> tuple[int, int]:
+    """Match one image's detections; returns ``(matched, unexplained unmatched)``."""
+    rb, rs, rl = ref.boxes.numpy(), ref.scores.numpy(), ref.labels.numpy()
+    gb, gs, gl = got.boxes.numpy(), got.scores.numpy(), got.labels.numpy()
+    iou = _iou(rb, gb) if len(rb) and len(gb) else np.zeros((len(rb), len(gb)))
+    ok = (rl[:, None] == gl[None, :]) & (iou >= tol.box_iou) & (np.abs(rs[:, None] - gs[None, :]) <= tol.score_tol)
+    used = np.zeros(len(gb), dtype=bool)
+    ref_matched = np.zeros(len(rb), dtype=bool)
+    for r in np.argsort(-rs, kind="stable"):
+        cand = np.where(ok[r] & ~used)[0]
+        if cand.size:
+            g = cand[np.argmax(iou[r, cand])]
+            used[g] = ref_matched[r] = True
+
+    def unexplained(scores: np.ndarray, matched: np.ndarray, other: np.ndarray) -> int:
+        floor = other.min() if len(other) >= max_det else -np.inf
+        loose = scores[~matched]
+        return int(np.sum((np.abs(loose - score_thr) > tol.score_tol) & (loose > floor + tol.score_tol)))
+
+    bad = unexplained(rs, ref_matched, gs) + unexplained(gs, used, rs)
+    return int(ref_matched.sum()), bad
+
+
+def parity_report(coco: dict, ref: dict[int, Detections], got: dict[int, Detections], tol: ParityTolerance,
+                  score_thr: float, max_det: int) -> dict[str, Any]:
+    """mAP50 of both sides and the per-image matching summary (plain floats and ints)."""
+    ref_m, got_m = evaluate_detections(coco, ref), evaluate_detections(coco, got)
+    matched = unexplained = total = 0
+    images_with_mismatch = 0
+    for image_id in sorted(set(ref) | set(got)):
+        r = ref.get(image_id, Detections.empty())
+        g = got.get(image_id, Detections.empty())
+        m, bad = match_image(r, g, tol, score_thr, max_det)
+        matched += m
+        unexplained += bad
+        total += max(len(r), len(g))
+        images_with_mismatch += int(bad > 0)
+    return {
+        "mAP50_pytorch": ref_m["mAP50"], "mAP50_onnx": got_m["mAP50"],
+        "mAP50_abs_diff": abs(ref_m["mAP50"] - got_m["mAP50"]),
+        "detections": total, "matched": matched, "unexplained_unmatched": unexplained,
+        "unexplained_fraction": unexplained / max(total, 1), "images_with_mismatch": images_with_mismatch,
+        "tolerance": asdict(tol),
+    }
+
+
+def check_parity(report: dict[str, Any], where: str) -> None:
+    """Raise one line naming what failed when the report misses a tolerance."""
+    tol = report["tolerance"]
+    if report["mAP50_abs_diff"] > tol["map50_tol"]:
+        raise UserError(f"{where}: parity gate failed: ONNX mAP50 {report['mAP50_onnx']:.2f} vs PyTorch "
+                        f"{report['mAP50_pytorch']:.2f} (allowed difference {tol['map50_tol']}); the export is wrong, "
+                        "no artifact was written")
+    if report["unexplained_fraction"] > tol["max_unmatched"]:
+        raise UserError(f"{where}: parity gate failed: {report['unexplained_unmatched']} of {report['detections']} "
+                        f"detections differ from PyTorch's (IoU >= {tol['box_iou']}, score within {tol['score_tol']}) "
+                        f"on {report['images_with_mismatch']} images; the export is wrong, no artifact was written")

@@ -1,0 +1,174 @@
+"""Precision variants decided in the ONNX graph, as TensorRT 10/11 strongly typed networks need.
+
+* ``fp32``: the exported graph as is.
+* ``fp16``: the network part (nodes under the ``/backbone``, ``/neck`` and head-tower scopes)
+  converted to float16 (:func:`convert_region_to_fp16`), inputs and outputs kept float32; the score
+  sigmoid, GFL's distribution integral (softmax expectation, GFL Eq. 5), box decoding, top-k,
+  NMS (and Faster R-CNN's RPN decode and RoIAlign) stay float32.
+* ``int8``: explicit Q/DQ from onnxruntime's post-training ``quantize_static`` (QDQ format,
+  symmetric int8 activations and per-channel symmetric int8 weights, as TensorRT requires),
+  on the network's ``Conv``/``Gemm`` nodes only, calibrated on curated TRAINING images (never
+  val); everything after the raw head outputs stays float32.
+
+Each recipe is a plain dict written to the manifest.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pipeline.errors import UserError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# Node-name scopes (module paths from the exporter) that hold the network's layers. The
+# Faster R-CNN RPN head and box head (fully connected) count as network; decoding does not.
+NETWORK_SCOPES = ("/backbone/", "/neck/", "/head/cls_convs", "/head/reg_convs", "/head/gfl_cls", "/head/gfl_reg",
+                  "/head/scales", "/rpn/head/", "/roi/box_head/", "/roi/box_predictor/")
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def artifact_name(precision: str) -> str:
+    """ONNX file name of a precision variant: ``model.onnx`` for fp32, else ``model-<p>.onnx``."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return "model.onnx" if precision == "fp32" else f"model-{precision}.onnx"
+
+
+def network_nodes(graph: onnx.ModelProto) -> list[str]:
+    """Names of the nodes inside the network scopes (everything else is post-processing)."""
+    return [n.name for n in graph.graph.node if n.name.startswith(NETWORK_SCOPES)]
+
+
+# inputs that must keep their own type in a float16 region (Resize's roi and scales)
+_FLOAT16_INPUTS = {"Resize": (0,), "Upsample": (0,)}
+# ops left in float32 inside the network: GroupNorm's statistics (exported as
+# InstanceNormalization) lose digits in float16; Cast nodes mark explicit float32 requests
+_FLOAT32_OPS = ("InstanceNormalization", "Cast")
+
+
+def _float_types(graph: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor name (after ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
+
+
+def convert_region_to_fp16(graph: onnx.ModelProto, region: set[str]) -> onnx.ModelProto:
+    """Run the nodes named in ``region`` in float16, everything else unchanged (float32).
+
+    Float32 tensors entering the region are cast to float16 (initializers used only inside
+    the region are converted in place); float16 tensors leaving it are cast back, so graph
+    inputs and outputs keep their types. Nodes stay in topological order.
+    """
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    types = _float_types(graph)
+    g = graph.graph
+    region = {n.name for n in g.node if n.name in region and n.op_type not in _FLOAT32_OPS}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in g.output}
+    inits = {t.name: t for t in g.initializer}
+    produced_in_region = {o for n in g.node if n.name in region for o in n.output if types.get(o) == FLOAT}
+
+    def half_input(name: str, new_nodes: list, casts: dict) -> str:
+        if name in produced_in_region:
+            return name + "__fp16"
+        if name in inits and all(c.name in region for c in consumers[name]):
+            t = inits[name]
+            if t.data_type == FLOAT:
+                t.CopyFrom(onnx.numpy_helper.from_array(
+                    onnx.numpy_helper.to_array(t).astype(np.float16), name))
+            return name
+        if name not in casts:
+            casts[name] = name + "__to_fp16"
+            new_nodes.append(onnx.helper.make_node("Cast", [name], [casts[name]], to=FLOAT16,
+                                                   name=f"{name}__cast_fp16"))
+        return casts[name]
+
+    new_nodes: list[onnx.NodeProto] = []
+    casts: dict[str, str] = {}
+    for node in g.node:
+        if node.name not in region:
+            new_nodes.append(node)
+            continue
+        allowed = _FLOAT16_INPUTS.get(node.op_type)
+        for i, name in enumerate(node.input):
+            if name and types.get(name) == FLOAT and (allowed is None or i in allowed):
+                node.input[i] = half_input(name, new_nodes, casts)
+        new_nodes.append(node)
+        for i, name in enumerate(node.output):
+            if name not in produced_in_region:
+                continue
+            node.output[i] = name + "__fp16"
+            leaves = name in outputs or any(c.name not in region for c in consumers.get(name, []))
+            if leaves:
+                new_nodes.append(onnx.helper.make_node("Cast", [name + "__fp16"], [name], to=FLOAT,
+                                                       name=f"{name}__cast_fp32"))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    del g.value_info[:]
+    return graph
+
+
+def to_fp16(src: Path, dst: Path) -> dict:
+    """Write the float16 variant of ``src`` to ``dst``; returns its recipe."""
+    graph = onnx.load(str(src))
+    region = set(network_nodes(graph))
+    converted = convert_region_to_fp16(graph, region)
+    onnx.checker.check_model(converted, full_check=True)
+    onnx.save(converted, str(dst), save_as_external_data=False)
+    halves = sum(1 for n in converted.graph.node if n.output and n.output[0].endswith("__fp16"))
+    return {"precision": "fp16", "tool": "pipeline.deploy.precision.convert_region_to_fp16", "io": "float32",
+            "float16_nodes": halves,
+            "float32_kept": "sigmoid, distribution integral, box decode, top-k, NMS, RoIAlign, GroupNorm statistics"}
+
+
+class _Reader:
+    """``CalibrationDataReader``: one ``{images, image_sizes}`` feed per calibration image."""
+
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:  # pragma: no cover - only called by some calibrators
+        raise NotImplementedError
+
+
+def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_images: int,
+            method: str = "minmax") -> dict:
+    """Write the INT8 QDQ variant of ``src`` to ``dst``, calibrated on ``feeds``.
+
+    Args:
+        feeds: training-image inputs ``{"images": [1, 3, H, W], "image_sizes": [1, 2]}``.
+        num_images: how many feeds there are (for the recipe).
+        method: ``minmax`` | ``percentile`` | ``entropy`` calibration.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    graph = onnx.load(str(src))
+    nodes = [n.name for n in graph.graph.node if n.name.startswith(NETWORK_SCOPES) and n.op_type in QUANTIZED_OPS]
+    quantize_static(
+        str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+        op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=methods[method],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    out = onnx.load(str(dst))
+    out.ir_version = min(out.ir_version, graph.ir_version)
+    onnx.checker.check_model(out)
+    onnx.save(out, str(dst), save_as_external_data=False)
+    return {"precision": "int8", "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel",
+            "calibration": method, "calibration_images": num_images, "calibration_split": "train",
+            "quantized_nodes": len(nodes), "float32_kept": "sigmoid, distribution integral, box decode, top-k, NMS"}

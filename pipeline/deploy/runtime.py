@@ -1,0 +1,280 @@
+"""What vehicle code imports: run an exported detector on camera images, no torch involved.
+
+    from pipeline.deploy.runtime import DeployedDetector
+    det = DeployedDetector("exports/kitti/gfl/gkd_bmfi-resnet18")             # model.onnx
+    det = DeployedDetector("exports/kitti/gfl/gkd_bmfi-resnet18/model-int8.onnx")
+    found = det.detect(rgb)          # rgb: [H, W, 3] uint8
+    found.boxes, found.scores, found.names    # x1,y1,x2,y2 in the image's own pixels
+
+Dependencies: numpy, Pillow (the training resize, so preprocessing is bit-identical) and
+onnxruntime, or tensorrt + cuda-python for ``model-<precision>.engine`` files. Every file is
+checked against ``manifest.json`` (sha256, input shape); engines also against the installed
+TensorRT version and the GPU.
+
+ONNX Runtime execution providers: TensorRT, then CUDA, then CPU, whichever are available
+(``providers=`` overrides); ``providers`` afterwards lists the ones the session really uses
+(onnxruntime-gpu without a GPU silently falls back to CPU).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import transforms as T
+from pipeline.deploy.manifest import artifact_entry, check_engine_compat, read_manifest
+from pipeline.errors import UserError
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """Detections of one image in its original pixels.
+
+    Attributes:
+        boxes: ``[K, 4]`` float32 x1,y1,x2,y2; scores: ``[K]`` float32, descending;
+        labels: ``[K]`` int64 class index; names: ``K`` class names.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One preprocessed image: ``image [3, H, W]`` float32, ``size_hw`` resized size before
+    padding, ``scale`` ``(sx, sy)`` = resized / original, ``orig_hw`` original size."""
+
+    image: np.ndarray
+    size_hw: tuple[int, int]
+    scale: tuple[float, float]
+    orig_hw: tuple[int, int]
+
+
+def check_image(image: object) -> np.ndarray:
+    """An ``[H, W, 3]`` uint8 RGB array, or one clear line saying what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise UserError(f"image must be a numpy array [H, W, 3] uint8 RGB, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise UserError(f"image dtype is {image.dtype}, expected uint8 [H, W, 3] RGB "
+                        "(convert with np.clip(x, 0, 255).astype(np.uint8))")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise UserError(f"image shape is {tuple(image.shape)}, expected [H, W, 3] RGB "
+                        "(grey: np.repeat(x[..., None], 3, 2); RGBA: x[..., :3])")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise UserError(f"image shape is {tuple(image.shape)}: empty image")
+    return image
+
+
+def preprocess(image: np.ndarray, pre: dict) -> Prepared:
+    """Keep-ratio resize, normalise, pad, as the manifest's ``preprocessing`` (the same functions
+    as training, :mod:`pipeline.data.transforms`)."""
+    image = check_image(image)
+    box_w, box_h = pre["resize_wh"]
+    pad_h, pad_w = pre["pad_hw"]
+    resized, sx, sy = T.resize_image(image, box_w, box_h)
+    chw = T.pad_to(T.normalize(resized, tuple(pre["mean"]), tuple(pre["std"])), pad_h, pad_w)
+    return Prepared(chw, (int(resized.shape[0]), int(resized.shape[1])), (sx, sy),
+                    (int(image.shape[0]), int(image.shape[1])))
+
+
+def to_original(boxes: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """``[K, 4]`` input-pixel boxes -> original pixels, clipped (as ``Batch.to_original``)."""
+    sx, sy = prepared.scale
+    out = boxes.astype(np.float32) / np.array([sx, sy, sx, sy], dtype=np.float32)
+    oh, ow = prepared.orig_hw
+    out[:, 0::2] = out[:, 0::2].clip(0, ow)
+    out[:, 1::2] = out[:, 1::2].clip(0, oh)
+    return out
+
+
+class OnnxBackend:
+    """An ONNX Runtime session over one ONNX file.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: execution providers in preference order (default: TensorRT, CUDA, CPU,
+            whichever this onnxruntime build offers).
+        threads: CPU intra-op threads (``None``: onnxruntime's default).
+    """
+
+    def __init__(self, path: Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = list(providers) if providers else [p for p in PREFERRED_PROVIDERS if p in available]
+        unknown = [p for p in wanted if p not in available]
+        if unknown:
+            raise UserError(f"execution provider {unknown[0]} is not available in this onnxruntime "
+                            f"(available: {', '.join(available)})")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise UserError(f"{path}: onnxruntime cannot load it ({first}); the file is truncated or "
+                            "not an exported model, re-run the export stage") from None
+        self.providers = list(self.session.get_providers())
+        self.input_shapes = {i.name: list(i.shape) for i in self.session.get_inputs()}
+
+    def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+        """``images [N, 3, H, W]``, ``sizes [N, 2]`` -> ``[num_dets, boxes, scores, labels]``."""
+        return self.session.run(["num_dets", "boxes", "scores", "labels"], {"images": images, "image_sizes": sizes})
+
+
+class TensorRTBackend:  # pragma: no cover
+    """A TensorRT engine (plan) run with cuda-python.
+
+    NOT EXECUTED ON THE PROJECT'S MACHINES beyond the missing-TensorRT message: TensorRT cannot
+    be installed there (its wheels come from NVIDIA's index) and they have no GPU. Written
+    against the TensorRT 10/11 Python API (``IRuntime.deserialize_cuda_engine``,
+    ``IExecutionContext.set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) and
+    cuda-python's runtime bindings.
+    """
+
+    def __init__(self, path: Path, entry: dict) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise UserError(f"{path}: running an engine needs TensorRT: pip install '.[tensorrt]' "
+                            "(or use model.onnx with onnxruntime)") from None
+        cudart = _cudart()
+        name, capability = gpu_identity(cudart)
+        check_engine_compat(entry, path.name, trt.__version__, name, capability)
+        self._trt, self._cudart = trt, cudart
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise UserError(f"{path}: TensorRT could not deserialise the engine; rebuild it (dvc repro export)")
+        self.context = self.engine.create_execution_context()
+        self.stream = _check(cudart.cudaStreamCreate())
+        self.providers = [f"TensorRT {trt.__version__}"]
+
+    def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+        trt, cudart = self._trt, self._cudart
+        host = {"images": np.ascontiguousarray(images, np.float32),
+                "image_sizes": np.ascontiguousarray(sizes, np.float32)}
+        for name, array in host.items():
+            self.context.set_input_shape(name, array.shape)
+        outputs = {}
+        for name in ("num_dets", "boxes", "scores", "labels"):
+            shape = tuple(self.context.get_tensor_shape(name))
+            outputs[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+        device = {}
+        try:
+            for name, array in {**host, **outputs}.items():
+                device[name] = _check(cudart.cudaMalloc(max(array.nbytes, 1)))
+                self.context.set_tensor_address(name, device[name])
+            for name, array in host.items():
+                _check(cudart.cudaMemcpyAsync(device[name], array.ctypes.data, array.nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+            if not self.context.execute_async_v3(self.stream):
+                raise UserError("TensorRT execution failed; rebuild the engine on this machine")
+            for name, array in outputs.items():
+                _check(cudart.cudaMemcpyAsync(array.ctypes.data, device[name], array.nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+            _check(cudart.cudaStreamSynchronize(self.stream))
+        finally:
+            for pointer in device.values():
+                cudart.cudaFree(pointer)
+        return [outputs["num_dets"], outputs["boxes"], outputs["scores"], outputs["labels"]]
+
+
+def _cudart():  # pragma: no cover - needs cuda-python and a GPU (not on the project's machines)
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise UserError("running an engine needs cuda-python: pip install '.[tensorrt]'") from None
+    return cudart
+
+
+def _check(result):  # pragma: no cover - cuda-python calls return (error, value...)
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise UserError(f"CUDA error {err}; is a GPU visible (nvidia-smi)?")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_identity(cudart) -> tuple[str, str]:  # pragma: no cover - needs a GPU
+    """``(GPU name, "major.minor")`` of device 0."""
+    props = _check(cudart.cudaGetDeviceProperties(0))
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.strip("\x00 "), f"{props.major}.{props.minor}"
+
+
+class DeployedDetector:
+    """An exported detector with its manifest.
+
+    Args:
+        path: an export folder (``model.onnx`` is used) or a file in it: ``model.onnx``,
+            ``model-fp16.onnx``, ``model-int8.onnx`` or ``model-<precision>.engine``.
+        providers: ONNX Runtime execution providers (ignored for engines).
+        threads: CPU threads for ONNX Runtime.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        path = Path(path)
+        folder, name = (path, "model.onnx") if path.is_dir() else (path.parent, path.name)
+        self.manifest = read_manifest(folder)
+        self.path = folder / name
+        self.entry = artifact_entry(self.manifest, folder, name)
+        self.precision = self.entry["precision"]
+        self.class_names = tuple(self.manifest["class_names"])
+        self.input_hw = tuple(int(v) for v in self.manifest["input"]["shape"][2:])
+        self.max_batch = None if self.manifest["input"].get("dynamic_batch") else 1
+        pad_hw = self.manifest["preprocessing"]["pad_hw"]
+        if tuple(pad_hw) != self.input_hw:
+            raise UserError(f"{folder / 'manifest.json'}: preprocessing.pad_hw {pad_hw} differs from input.shape "
+                            f"{list(self.input_hw)}; re-run the export stage")
+        if self.entry.get("kind") == "engine":
+            self.backend = TensorRTBackend(self.path, self.entry)
+            self.max_batch = int(self.entry.get("profile", {}).get("max", [1])[0])  # pragma: no cover
+        else:
+            self.backend = OnnxBackend(self.path, providers, threads)
+            shape = self.backend.input_shapes.get("images")
+            if shape is None or [int(v) for v in shape[2:]] != list(self.input_hw):
+                raise UserError(f"{self.path}: graph input images {shape} does not match the manifest's "
+                                f"input.shape {self.manifest['input']['shape']}; re-run the export stage")
+        self.providers = list(self.backend.providers)
+
+    def preprocess(self, image: np.ndarray) -> Prepared:
+        """See :func:`preprocess`."""
+        return preprocess(image, self.manifest["preprocessing"])
+
+    def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+        """Raw graph outputs for preprocessed ``images [N, 3, H, W]`` and ``sizes [N, 2]`` (h, w)."""
+        return self.backend.run(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(sizes, np.float32))
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
+        """Detections of each ``[H, W, 3]`` uint8 RGB image, in its own pixels."""
+        prepared = [self.preprocess(image) for image in images]
+        step = self.max_batch or max(1, len(prepared))
+        results: list[ImageDetections] = []
+        for start in range(0, len(prepared), step):
+            chunk = prepared[start:start + step]
+            num, boxes, scores, labels = self.run(np.stack([p.image for p in chunk]),
+                                                  np.array([p.size_hw for p in chunk], dtype=np.float32))
+            for i, prep in enumerate(chunk):
+                k = int(num[i, 0])
+                lab = labels[i, :k].astype(np.int64)
+                results.append(ImageDetections(to_original(boxes[i, :k], prep), scores[i, :k].astype(np.float32),
+                                               lab, tuple(self.class_names[j] for j in lab)))
+        return results
+
+    def detect(self, image: np.ndarray) -> ImageDetections:
+        """Detections of one ``[H, W, 3]`` uint8 RGB image, in its own pixels."""
+        return self.detect_batch([image])[0]

@@ -1,0 +1,54 @@
+"""DVC stage `export@<dataset>-<detector>-<model>`: a trained model -> exports/<dataset>/<detector>/<model>/.
+
+Writes model.onnx (fp32, NMS inside, parity-gated against PyTorch on the val split),
+model-fp16.onnx and model-int8.onnx (as ``deploy.precisions`` lists; each evaluated with ONNX
+Runtime on CPU over val), model-<precision>.engine where TensorRT and a GPU exist, and
+manifest.json. A failed parity gate (or any error) leaves no folder behind.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pipeline.config import load_params
+from pipeline.data.dataset import CuratedDataset, load_curated
+from pipeline.deploy.bundle import export_bundle
+from pipeline.engine.runs import RunId, curated_path, load_trained
+from pipeline.errors import exit_on_user_error
+from pipeline.io import atomic_dir
+
+
+def export_dir(run: RunId) -> Path:
+    return Path("exports") / run.dataset / run.detector / run.model
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("model", help="<role or method>-<backbone>, e.g. baseline-resnet18")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    run = RunId(args.dataset, args.detector, args.model)
+    val = CuratedDataset(load_curated(curated_path(run.dataset, "val")), params.input, train=False)
+    train = CuratedDataset(load_curated(curated_path(run.dataset, "train")), params.input, train=False)
+    model, _ = load_trained(run, val.class_names, params.model.fpn_channels)
+    identity = {"dataset": run.dataset, "detector": run.detector, "model": run.model, "backbone": run.backbone}
+    start = time.perf_counter()
+    with atomic_dir(export_dir(run)) as folder:
+        manifest = export_bundle(model, folder, params, val, train, identity, run.model_path)
+    parity = manifest["parity"]
+    scores = "  ".join(f"{e['precision']} {e['eval']['mAP50']:.2f}" if "mAP50" in e.get("eval", {})
+                       else f"{e['precision']} skipped" for e in manifest["artifacts"].values() if e["kind"] == "onnx")
+    print(f"exported {run} in {time.perf_counter() - start:.0f} s: parity mAP50 PyTorch "
+          f"{parity['mAP50_pytorch']:.2f} / ONNX {parity['mAP50_onnx']:.2f}, {parity['matched']}/"
+          f"{parity['detections']} detections matched; ORT CPU mAP50 {scores}; TensorRT: "
+          f"{manifest['tensorrt'].get('skipped', 'built')} -> {export_dir(run)}")
+
+
+if __name__ == "__main__":
+    main()

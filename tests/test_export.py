@@ -1,0 +1,402 @@
+"""ONNX export with NMS inside, precision variants and the parity gate.
+
+Models are tiny (ResNet-18, 64-channel FPN, 64x192 input) with a raised classification bias so
+that untrained heads still produce detections above the 0.05 score threshold.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.config import InputParams, parse_params
+from pipeline.data.dataset import CuratedDataset
+from pipeline.deploy import bundle
+from pipeline.deploy.export_onnx import MAX_IR_VERSION, ExportInfo, export_module, export_onnx, nms_settings
+from pipeline.deploy.gfl_export import GFLTestConfig
+from pipeline.deploy.graph_ops import class_aware_nms, padded_top_k
+from pipeline.deploy.manifest import read_manifest, sha256
+from pipeline.deploy.parity import ParityTolerance, check_parity, match_image
+from pipeline.engine.checkpoint import Arch, save_model
+from pipeline.errors import UserError
+from pipeline.io import atomic_dir
+from pipeline.models.factory import build_detector
+from pipeline.structures import Detections
+from stages import export as export_stage
+
+CLASSES = ("Car", "Pedestrian", "Cyclist")
+INPUT = InputParams(width=192, height=64, flip_prob=0.0)          # padded input 64 x 192
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def write_world(root: Path, n_train: int = 6, n_val: int = 4, seed: int = 0) -> tuple[dict, dict]:
+    """Noise images with coloured boxes (two aspect ratios, so some are padded) and curated
+    train/val dicts over them."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    cats = [{"id": i + 1, "name": n, "supercategory": "road"} for i, n in enumerate(CLASSES)]
+    splits = {}
+    ann_id = 0
+    for split, count, base in (("train", n_train, 0), ("val", n_val, 100)):
+        images, anns = [], []
+        for k in range(count):
+            w, h = (240, 80) if k % 2 == 0 else (200, 90)
+            pixels = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+            for _ in range(3):
+                bw, bh = rng.integers(12, 50), rng.integers(10, 40)
+                x, y = rng.integers(0, w - bw), rng.integers(0, h - bh)
+                pixels[y:y + bh, x:x + bw] = rng.integers(130, 255, 3, dtype=np.uint8)
+                ann_id += 1
+                anns.append({"id": ann_id, "image_id": base + k, "category_id": int(rng.integers(1, 4)),
+                             "bbox": [int(x), int(y), int(bw), int(bh)], "area": int(bw * bh), "iscrowd": 0,
+                             "ignore": 0})
+            name = f"{base + k:06d}.png"
+            Image.fromarray(pixels).save(root / "images" / name)
+            images.append({"id": base + k, "file_name": name, "width": w, "height": h})
+        splits[split] = {"info": {"dataset": "tiny", "format": "kitti", "image_root": str(root / "images"),
+                                  "split": split}, "categories": cats, "images": images, "annotations": anns}
+    return splits["train"], splits["val"]
+
+
+def tiny_model(detector: str = "gfl", seed: int = 0) -> torch.nn.Module:
+    """An untrained detector whose scores spread above the 0.05 threshold."""
+    torch.manual_seed(seed)
+    model = build_detector(detector, "resnet18", len(CLASSES), fpn_channels=64).eval()
+    if detector == "gfl":
+        torch.nn.init.normal_(model.head.gfl_cls.weight, std=0.02)
+        torch.nn.init.constant_(model.head.gfl_cls.bias, -2.0)
+        torch.nn.init.normal_(model.head.gfl_reg.weight, std=0.05)
+    else:
+        torch.nn.init.normal_(model.head.roi_head.box_predictor.cls_score.weight, std=0.05)
+        torch.nn.init.normal_(model.head.roi_head.box_predictor.bbox_pred.weight, std=0.01)
+    return model
+
+
+def sorted_rows(boxes, scores, labels) -> np.ndarray:
+    """Detections as rows (score, label, box) in a canonical order: tie-insensitive comparison."""
+    rows = np.concatenate([np.asarray(scores, np.float64)[:, None], np.asarray(labels, np.float64)[:, None],
+                           np.asarray(boxes, np.float64)], axis=1)
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+PARAMS = {
+    "datasets": ["tiny"], "sources": {"tiny": {"format": "kitti"}},
+    "input": {"width": 192, "height": 64, "flip_prob": 0.0},
+    "model": {"fpn_channels": 64}, "eval": {"batch_size": 4},
+    "deploy": {"calib_images": 4, "models": ["baseline-resnet18"]},
+    "benchmark": {"warmup_iters": 1, "iters": 3, "throughput_batch": 2, "throughput_iters": 1, "threads": 1},
+}
+RUN = ("tiny", "gfl", "baseline-resnet18")
+
+
+def tiny_params(**deploy) -> object:
+    """Validated params for the tiny world (deploy section overridable)."""
+    return parse_params({**PARAMS, "deploy": {**PARAMS["deploy"], **deploy}})
+
+
+@contextlib.contextmanager
+def chdir(path: Path):
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@functools.lru_cache(maxsize=None)
+def built_repo() -> Path:
+    """A repository-shaped folder, built once per test session and shared by the deploy tests:
+    params.yaml, data/curated/tiny/{train,val}.json, models/tiny/gfl/baseline-resnet18.pt and
+    its export (all precisions) in exports/tiny/gfl/baseline-resnet18/, written by the export stage."""
+    root = Path(tempfile.mkdtemp(prefix="deploy-tests-"))
+    atexit.register(shutil.rmtree, root, True)
+    train, val = write_world(root / "raw")
+    curated = root / "data" / "curated" / "tiny"
+    curated.mkdir(parents=True)
+    (curated / "train.json").write_text(json.dumps(train))
+    (curated / "val.json").write_text(json.dumps(val))
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    model = tiny_model("gfl")
+    checkpoint = root / "models" / "tiny" / "gfl" / "baseline-resnet18.pt"
+    save_model(checkpoint, model, Arch("gfl", "resnet18", len(CLASSES), CLASSES, 64))
+    with chdir(root):
+        export_stage.main(list(RUN))                     # the `export` stage itself, as dvc runs it
+    return root
+
+
+def export_folder() -> Path:
+    return built_repo() / "exports" / "tiny" / "gfl" / "baseline-resnet18"
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[CuratedDataset, CuratedDataset]:
+    curated = built_repo() / "data" / "curated" / "tiny"
+    return (CuratedDataset(curated / "train.json", INPUT, train=False),
+            CuratedDataset(curated / "val.json", INPUT, train=False))
+
+
+def _predict(model, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Detections]:
+    from pipeline.structures import Batch
+
+    n = images.shape[0]
+    batch = Batch(images=images, boxes=[], labels=[], ignore_boxes=[], image_ids=list(range(n)),
+                  scale_factors=torch.ones(n, 2), flipped=torch.zeros(n, dtype=torch.bool), image_sizes=sizes,
+                  orig_sizes=sizes)
+    with torch.no_grad():
+        return model.predict(model.features(images), batch)
+
+
+# ----------------------------------------------------------------------------- graph ops (hand-computed)
+def test_class_aware_nms_suppresses_within_a_class_only_and_pads_outputs():
+    boxes = torch.tensor([[[0., 0., 10., 10.], [1., 0., 11., 10.], [1., 0., 11., 10.], [50., 50., 60., 60.]]])
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.04]])     # IoU(box0, box1) = 90/110 = 0.82 > 0.6
+    labels = torch.tensor([[0, 0, 1, 0]])                # box2 is the same box as box1 in another class
+    selected = class_aware_nms(boxes, scores, labels, iou_thr=0.6, score_thr=0.05, max_keep=3, class_offset=100.0)
+    assert sorted(selected[:, 2].tolist()) == [0, 2]     # box1 suppressed by box0, box3 under the threshold
+    num, out_boxes, out_scores, out_labels = padded_top_k(selected, boxes, scores, labels, k=3)
+    assert num.tolist() == [[2]] and num.dtype == torch.int32
+    assert out_scores[0].tolist() == pytest.approx([0.9, 0.7, 0.0])
+    assert out_labels.tolist() == [[0, 1, -1]] and out_labels.dtype == torch.int32
+    assert out_boxes[0, 1].tolist() == [1., 0., 11., 10.] and out_boxes[0, 2].tolist() == [0., 0., 0., 0.]
+
+
+def test_gfl_export_settings_are_the_heads_test_defaults():
+    cfg = GFLTestConfig.from_head()
+    assert (cfg.score_thr, cfg.nms_iou, cfg.max_per_img, cfg.nms_pre) == (0.05, 0.6, 100, 1000)
+
+
+# ----------------------------------------------------------------------------- ONNX
+@pytest.mark.slow
+def test_gfl_onnx_is_valid_single_file_and_matches_pytorch_with_dynamic_batch():
+    model, path = tiny_model("gfl"), export_folder() / "model.onnx"
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert graph.ir_version <= MAX_IR_VERSION
+    assert not path.with_name("model.onnx.data").exists()
+    assert "NonMaxSuppression" in {n.op_type for n in graph.graph.node}
+    assert [i.name for i in graph.graph.input] == ["images", "image_sizes"]
+    assert [o.name for o in graph.graph.output] == ["num_dets", "boxes", "scores", "labels"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.randn(3, 3, *INPUT.padded_shape)
+    sizes = [(64, 192), (58, 150), (64, 100)]
+    num, boxes, scores, labels = session.run(None, {"images": images.numpy(),
+                                                    "image_sizes": np.array(sizes, dtype=np.float32)})
+    assert num.dtype == np.int32 and labels.dtype == np.int32 and boxes.shape == (3, 100, 4)
+    ref = _predict(model, images, sizes)
+    for i in range(3):
+        k = int(num[i, 0])
+        assert k == len(ref[i])
+        np.testing.assert_allclose(sorted_rows(boxes[i, :k], scores[i, :k], labels[i, :k]),
+                                   sorted_rows(ref[i].boxes, ref[i].scores, ref[i].labels), atol=2e-3)
+        assert (boxes[i, :k, 2] <= sizes[i][1] + 1e-4).all() and (boxes[i, :k, 3] <= sizes[i][0] + 1e-4).all()
+        assert (labels[i, k:] == -1).all() and (scores[i, k:] == 0).all()
+
+
+@pytest.mark.slow
+def test_faster_rcnn_onnx_matches_pytorch(tmp_path):
+    model = tiny_model("faster_rcnn")
+    info = export_onnx(model, tmp_path / "model.onnx", INPUT.padded_shape, simplify=False)   # slim: GFL test
+    assert info.nms["num_proposals"] == 1000 and info.nms["iou_thr"] == 0.5
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(2, 3, *INPUT.padded_shape)
+    sizes = [(64, 192), (58, 150)]
+    num, boxes, scores, labels = session.run(None, {"images": images.numpy(),
+                                                    "image_sizes": np.array(sizes, dtype=np.float32)})
+    ref = _predict(model, images, sizes)
+    for i in range(2):
+        k = int(num[i, 0])
+        assert k == len(ref[i]) > 0
+        np.testing.assert_allclose(sorted_rows(boxes[i, :k], scores[i, :k], labels[i, :k]),
+                                   sorted_rows(ref[i].boxes, ref[i].scores, ref[i].labels), atol=2e-3)
+
+
+@pytest.mark.slow
+def test_precision_variants_keep_post_processing_in_fp32_and_run_on_ort_cpu(world):
+    train, _ = world
+    folder = export_folder()
+    path, fp16, int8 = folder / "model.onnx", folder / "model-fp16.onnx", folder / "model-int8.onnx"
+    recipe = read_manifest(folder)["artifacts"][int8.name]["recipe"]
+    assert recipe["calibration_split"] == "train" and recipe["quantized_nodes"] > 0
+
+    def producers_dtype(graph: onnx.ModelProto, op_type: str) -> set[int]:
+        """Element types flowing into every ``op_type`` node's first input."""
+        inferred = onnx.shape_inference.infer_shapes(graph).graph
+        types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+        return {types.get(n.input[0]) for n in inferred.node if n.op_type == op_type}
+
+    half = onnx.load(str(fp16))
+    float32 = onnx.TensorProto.FLOAT
+    assert onnx.TensorProto.FLOAT16 in producers_dtype(half, "Conv")
+    for op in ("Sigmoid", "Softmax", "NonMaxSuppression", "TopK"):
+        assert producers_dtype(half, op) == {float32}, op
+    assert [i.type.tensor_type.elem_type for i in half.graph.input] == [float32, float32]
+    quant = onnx.load(str(int8))
+    q_nodes = [n for n in quant.graph.node if n.op_type == "QuantizeLinear"]
+    assert q_nodes
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in quant.graph.initializer}
+    assert all(not inits[n.input[2]].any() for n in q_nodes if len(n.input) > 2)     # symmetric: zero points 0
+    dequantized = {o for n in quant.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    consumers = {n.op_type for n in quant.graph.node if set(n.input) & dequantized}
+    assert "Conv" in consumers and not consumers & {"Sigmoid", "Softmax", "NonMaxSuppression", "TopK"}
+
+    images = np.stack([train[i].image for i in range(2)])
+    sizes = np.array([train[i].image_size for i in range(2)], np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": images,
+                                                                                       "image_sizes": sizes})
+    for variant, score_tol in ((fp16, 2e-2), (int8, 0.2)):
+        out = ort.InferenceSession(str(variant), providers=["CPUExecutionProvider"]).run(
+            None, {"images": images, "image_sizes": sizes})
+        assert out[0].dtype == np.int32 and out[1].dtype == np.float32
+        top = out[2][:, 0]
+        np.testing.assert_allclose(top, ref[2][:, 0], atol=score_tol)   # best score survives the precision
+
+
+# ----------------------------------------------------------------------------- parity matching
+def _dets(rows: list[tuple[list[float], float, int]]) -> Detections:
+    return Detections(torch.tensor([r[0] for r in rows], dtype=torch.float32).reshape(-1, 4),
+                      torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows], dtype=torch.long))
+
+
+def test_matching_is_tie_insensitive_and_only_boundaries_excuse_a_miss():
+    tol = ParityTolerance(box_iou=0.99, score_tol=1e-3)
+    a = _dets([([0, 0, 10, 10], 0.5, 0), ([20, 0, 30, 10], 0.5, 1), ([40, 0, 50, 10], 0.0502, 2)])
+    swapped = _dets([([20, 0, 30, 10], 0.5, 1), ([0, 0, 10.001, 10], 0.5004, 0)])   # order swapped, last missing
+    assert match_image(a, swapped, tol, score_thr=0.05, max_det=100) == (2, 0)     # 0.0502 sits at the threshold
+    wrong_class = _dets([([20, 0, 30, 10], 0.5, 0), ([0, 0, 10, 10], 0.5, 0)])
+    assert match_image(a, wrong_class, tol, 0.05, 100) == (1, 2)                   # one unmatched on each side
+    moved = _dets([([0, 0, 10, 10], 0.5, 0), ([21, 0, 31, 10], 0.5, 1)])            # IoU 0.82 < 0.99
+    assert match_image(a, moved, tol, 0.05, 100) == (1, 2)
+    # a full top-K list on the other side excuses a miss at its last score
+    full = _dets([([0, 0, 10, 10], 0.5, 0), ([20, 0, 30, 10], 0.5, 1)])
+    assert match_image(a, full, tol, 0.05, max_det=2) == (2, 0)
+
+
+def test_parity_gate_names_what_failed_in_one_line():
+    tol = {"map50_tol": 0.1, "box_iou": 0.99, "score_tol": 1e-3, "max_unmatched": 0.005}
+    ok = {"mAP50_pytorch": 50.0, "mAP50_onnx": 50.05, "mAP50_abs_diff": 0.05, "detections": 1000,
+          "matched": 998, "unexplained_unmatched": 2, "unexplained_fraction": 0.002, "images_with_mismatch": 1,
+          "tolerance": tol}
+    check_parity(ok, "tiny/gfl/m")
+    with pytest.raises(UserError, match=r"ONNX mAP50 50\.30 vs PyTorch 50\.00") as info:
+        check_parity({**ok, "mAP50_onnx": 50.3, "mAP50_abs_diff": 0.3}, "tiny/gfl/m")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="10 of 1000 detections differ"):
+        check_parity({**ok, "unexplained_unmatched": 10, "unexplained_fraction": 0.01}, "tiny/gfl/m")
+
+
+# ----------------------------------------------------------------------------- the bundle / stage
+@pytest.mark.slow
+def test_bundle_writes_gated_variants_and_manifest():
+    folder = export_folder()
+    manifest = read_manifest(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json", "model-fp16.onnx", "model-int8.onnx", "model.onnx"]
+    assert manifest["parity"]["mAP50_abs_diff"] <= 0.1 and manifest["parity"]["detections"] > 0
+    assert manifest["parity"]["unexplained_unmatched"] == 0
+    assert manifest["class_names"] == list(CLASSES)
+    assert manifest["input"]["shape"] == ["N", 3, 64, 192]
+    assert manifest["preprocessing"]["normalize_in_graph"] is False
+    assert manifest["nms"]["score_thr"] == 0.05 and manifest["nms"]["max_per_img"] == 100
+    checkpoint = built_repo() / "models" / "tiny" / "gfl" / "baseline-resnet18.pt"
+    assert manifest["model"]["checkpoint_sha256"] == sha256(checkpoint)
+    assert "skipped" in manifest["tensorrt"]
+    for name, entry in manifest["artifacts"].items():
+        assert entry["sha256"] == sha256(folder / name)
+        assert entry["eval"]["providers"] == ["CPUExecutionProvider"]
+        assert 0.0 <= entry["eval"]["mAP50"] <= 100.0
+    assert manifest["artifacts"]["model.onnx"]["eval"]["mAP50"] == pytest.approx(manifest["pytorch"]["mAP50"],
+                                                                                 abs=0.1)
+    assert manifest["artifacts"]["model-int8.onnx"]["recipe"]["calibration_images"] == 4
+
+
+@pytest.mark.slow
+def test_failed_parity_gate_leaves_no_export(world, tmp_path, monkeypatch):
+    train, val = world
+    real = bundle.predict_dataset
+
+    def shifted(*args, **kwargs):
+        """PyTorch's detections moved by 3 px: the exported graph no longer agrees."""
+        return {k: Detections(d.boxes + 3.0, d.scores, d.labels) for k, d in real(*args, **kwargs).items()}
+
+    monkeypatch.setattr(bundle, "predict_dataset", shifted)
+    exported = export_folder() / "model.onnx"
+
+    def reuse(model, path, input_hw, *args, **kwargs):
+        """The shared export's graph of the same weights instead of a fresh export (saves ~10 s)."""
+        shutil.copyfile(exported, path)
+        module = export_module(model, input_hw)
+        return ExportInfo(17, 8, True, module.max_det, nms_settings(module), True, 0)
+
+    monkeypatch.setattr(bundle, "export_onnx", reuse)
+    identity = {"dataset": "tiny", "detector": "gfl", "model": "baseline-resnet18", "backbone": "resnet18"}
+    checkpoint = tmp_path / "m.pt"
+    checkpoint.write_bytes(b"weights")
+    with pytest.raises(UserError, match="parity gate failed") as info:
+        with atomic_dir(tmp_path / "exports" / "m") as folder:
+            bundle.export_bundle(tiny_model("gfl"), folder, tiny_params(precisions=["fp32"]), val, train,
+                                 identity, checkpoint)
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "exports").iterdir()) == []
+
+
+def test_deploy_params_reject_a_precision_list_without_fp32():
+    with pytest.raises(UserError, match="precisions must include fp32"):
+        tiny_params(precisions=["int8"])
+    with pytest.raises(UserError, match=r"deploy.models.0 = 'resnet18' is not allowed"):
+        tiny_params(models=["resnet18"])
+
+
+def test_export_stage_without_a_trained_model_exits_with_one_line(tmp_path, capsys):
+    train, val = write_world(tmp_path / "raw", n_train=1, n_val=1)
+    curated = tmp_path / "data" / "curated" / "tiny"
+    curated.mkdir(parents=True)
+    (curated / "train.json").write_text(json.dumps(train))
+    (curated / "val.json").write_text(json.dumps(val))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    with chdir(tmp_path), pytest.raises(SystemExit) as info:
+        export_stage.main(list(RUN))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: models/tiny/gfl/baseline-resnet18.pt: checkpoint not found") and "\n" not in err
+    assert not (tmp_path / "exports").exists()
+
+
+@pytest.mark.slow
+def test_benchmark_stage_times_every_backend_with_its_accuracy_and_plots(capsys):
+    from stages import benchmark as benchmark_stage
+
+    root = built_repo()
+    with chdir(root):
+        benchmark_stage.main(["run", *RUN])
+        benchmark_stage.main(["plot", "tiny", "gfl"])
+    record = json.loads((root / "metrics" / "benchmark" / "tiny" / "gfl" / "baseline-resnet18.json").read_text())
+    manifest = read_manifest(export_folder())
+    assert set(record["backends"]) >= {"pytorch-cpu-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"}
+    for name, row in record["backends"].items():
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"], name
+        assert row["throughput_ips"] > 0 and isinstance(row["mAP50"], float)
+    assert record["backends"]["pytorch-cpu-fp32"]["mAP50"] == manifest["pytorch"]["mAP50"]
+    assert record["backends"]["onnxruntime-cpu-int8"]["mAP50"] == \
+        manifest["artifacts"]["model-int8.onnx"]["eval"]["mAP50"]
+    assert record["backends"]["onnxruntime-cpu-fp32"]["providers"] == "CPUExecutionProvider"
+    assert "pytorch-cuda-fp32" in record["skipped"] and "tensorrt" in record["skipped"]
+    assert record["cpu_threads"] == 1 and record["throughput_batch"] == 2
+    assert record["ort_cpu_over_pytorch_cpu_p50"] > 0
+    png = root / "plots" / "benchmark" / "tiny_gfl.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ONNX Runtime CPU / PyTorch eager CPU p50" in capsys.readouterr().out
