@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 # gradients and box decoding, and nothing else.
 INPUT = InputParams(width=448, height=128, flip_prob=0.0)
 BUDGET = {  # detector -> (iterations, lr, minimum training-set VOC mAP50 in percent)
-    "gfl": (60, 0.005, 60.0),
+    "gfl": (60, 0.005, 60.0),         # lr 0.01 diverged in one run (loss_cls rising to 2.3)
     "faster_rcnn": (40, 0.02, 50.0),  # measured: 68.8 after 30 iterations, 75.0 after 40
 }
 
