@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.structures import Batch
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
@@ -87,3 +89,12 @@ def write_coco(root: Path, split: str, images: list[list[tuple[int, tuple, int]]
                                         "area": bbox[2] * bbox[3]})
     (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
     return root
+
+
+def plain_batch(images: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> Batch:
+    """A Batch of unflipped, unscaled, unpadded images ``[N, 3, H, W]`` with the given boxes
+    (x1,y1,x2,y2 input pixels) and labels, no ignore regions, image ids ``0..N-1``."""
+    n, hw = images.shape[0], tuple(images.shape[-2:])
+    return Batch(images=images, boxes=boxes, labels=labels, ignore_boxes=[torch.zeros(0, 4) for _ in range(n)],
+                 image_ids=list(range(n)), scale_factors=torch.ones(n, 2), flipped=torch.zeros(n, dtype=torch.bool),
+                 image_sizes=[hw] * n, orig_sizes=[hw] * n)

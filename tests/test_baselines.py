@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from conftest import plain_batch
 from pipeline.distill import defeat, fgd, fgfi, mimic
 from pipeline.distill.base import KDContext
 from pipeline.distill.defeat import DeFeat
@@ -35,18 +36,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(boxes: list[torch.Tensor], hw: tuple[int, int]) -> Batch:
-    n = len(boxes)
-    return Batch(
-        images=torch.zeros(n, 3, *hw),
-        boxes=boxes,
-        labels=[torch.zeros(len(b), dtype=torch.long) for b in boxes],
-        ignore_boxes=[torch.zeros(0, 4) for _ in range(n)],
-        image_ids=list(range(n)),
-        scale_factors=torch.ones(n, 2),
-        flipped=torch.zeros(n, dtype=torch.bool),
-        image_sizes=[hw] * n,
-        orig_sizes=[hw] * n,
-    )
+    return plain_batch(torch.zeros(len(boxes), 3, *hw), boxes,
+                       [torch.zeros(len(b), dtype=torch.long) for b in boxes])
 
 
 def _feats(n: int, hw: tuple[int, int], strides: tuple[int, ...], channels: int, seed: int,

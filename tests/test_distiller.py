@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, plain_batch
 from pipeline.config import DistillParams, load_params
 from pipeline.data.curate import curate_kitti
 from pipeline.data.dataset import Sample
@@ -53,9 +53,7 @@ def tiny_detector(width: int = 32, num_classes: int = 2) -> Detector:
 def tiny_batch(n: int = 2, h: int = 32, w: int = 128) -> Batch:
     g = torch.Generator().manual_seed(0)
     boxes = [torch.tensor([[8.0, 4.0, 48.0, 28.0], [70.0, 10.0, 120.0, 30.0]])] * n
-    return Batch(images=torch.randn(n, 3, h, w, generator=g), boxes=boxes, labels=[torch.tensor([0, 1])] * n,
-                 ignore_boxes=[torch.zeros(0, 4)] * n, image_ids=list(range(n)), scale_factors=torch.ones(n, 2),
-                 flipped=torch.zeros(n, dtype=torch.bool), image_sizes=[(h, w)] * n, orig_sizes=[(h, w)] * n)
+    return plain_batch(torch.randn(n, 3, h, w, generator=g), boxes, [torch.tensor([0, 1])] * n)
 
 
 class TinyScenes(torch.utils.data.Dataset):

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from conftest import plain_batch
 from pipeline.models.atss import ATSSAssigner
 from pipeline.models.gfl_head import GFLHead
 from pipeline.models.gfl_losses import distribution_focal_loss, giou_loss, integral, quality_focal_loss
@@ -16,18 +17,7 @@ def _sigmoid(x: float) -> float:
 
 
 def _batch(boxes: list[torch.Tensor], labels: list[torch.Tensor], hw: tuple[int, int]) -> Batch:
-    n = len(boxes)
-    return Batch(
-        images=torch.zeros(n, 3, *hw),
-        boxes=boxes,
-        labels=labels,
-        ignore_boxes=[torch.zeros(0, 4) for _ in range(n)],
-        image_ids=list(range(n)),
-        scale_factors=torch.ones(n, 2),
-        flipped=torch.zeros(n, dtype=torch.bool),
-        image_sizes=[hw] * n,
-        orig_sizes=[hw] * n,
-    )
+    return plain_batch(torch.zeros(len(boxes), 3, *hw), boxes, labels)
 
 
 def _small_head(num_classes: int = 2) -> GFLHead:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import plain_batch
 from pipeline.distill.gkd import (channel_weights, gkd_loss, gradient_map, head_gradients, minmax_normalize,
                                   pseudo_targets)
 from pipeline.models.factory import build_detector
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_batch(n: int = 2, h: int = 64, w: int = 128) -> Batch:
     g = torch.Generator().manual_seed(0)
     boxes = [torch.tensor([[8.0, 8.0, 48.0, 40.0], [70.0, 16.0, 120.0, 60.0]])] * n
-    return Batch(images=torch.randn(n, 3, h, w, generator=g), boxes=boxes, labels=[torch.tensor([0, 1])] * n,
-                 ignore_boxes=[torch.zeros(0, 4)] * n, image_ids=list(range(n)), scale_factors=torch.ones(n, 2),
-                 flipped=torch.zeros(n, dtype=torch.bool), image_sizes=[(h, w)] * n, orig_sizes=[(h, w)] * n)
+    return plain_batch(torch.randn(n, 3, h, w, generator=g), boxes, [torch.tensor([0, 1])] * n)
 
 
 # A [1, 2, 2, 2]: channel 0 = [[1, 2], [3, 4]], channel 1 = [[1, 0], [1, 0]]
