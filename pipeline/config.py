@@ -211,6 +211,21 @@ class GKDParams(Record):
         return self.datasets.get(dataset or "", {}).get(detector) or getattr(self, detector)
 
 
+class BalanceParams(Record):
+    """How the KD terms are weighed against the detection loss (``pipeline/distill/balance.py``).
+
+    ``mode: paper``: the weights as written (``distill.gkd``, ``distill.baselines`` and the
+    methods' defaults). ``mode: auto``: before the first optimiser step, over the first
+    ``batches`` training batches, every KD method's weights are multiplied by one factor so that
+    the gradient norm of its terms at the student's FPN outputs is ``ratio`` times the task
+    loss's (the same ``ratio`` for every method, so a comparison compares methods, not weights).
+    """
+
+    mode: Literal["auto", "paper"] = "auto"
+    ratio: Annotated[float, Field(gt=0.0, le=100.0)] = 0.5
+    batches: Annotated[int, Field(ge=1, le=64)] = 4
+
+
 class DistillParams(Record):
     """The `distill` stage: students trained against a frozen teacher with KD methods.
 
@@ -234,6 +249,7 @@ class DistillParams(Record):
     student_grad: Literal["fused", "separate"] = "fused"
     gradmap_images: Annotated[int, Field(ge=0, le=64)] = 4
     gkd: GKDParams = GKDParams()
+    balance: BalanceParams = BalanceParams()
     baselines: dict[Annotated[str, Field(pattern=METHOD_NAME)],
                     dict[Literal["gfl", "faster_rcnn"], dict[str, float | int | bool | str]]] = {}
 

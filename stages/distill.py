@@ -3,15 +3,18 @@
     python stages/distill.py <dataset> <detector> <student backbone> <method>
 
 Writes models/<dataset>/<detector>/<method>-<student>.pt (the model-file format of the train
-stage, role = method), logs/train/<dataset>/<detector>/<method>-<student>.json (per-epoch loss
-terms, KD terms included) and plots/gradmaps/<dataset>/<detector>/<method>-<student>/<image>.png
-(teacher and student gradient maps at the start and end, the paper's Fig. 4). The teacher is
+stage, role = method, its meta holding the KD weights as balanced), logs/train/<dataset>/<detector>/
+<method>-<student>.json (per-epoch loss terms, KD terms, KD-to-task gradient ratio and the KD
+weights), logs/kd_balance/<dataset>/<detector>/<method>-<student>.json (that ratio at the
+calibration, epoch 0, and after every epoch: a DVC plot) and plots/gradmaps/<dataset>/<detector>/
+<method>-<student>/<image>.png (teacher and student gradient maps at the start and end, the
+paper's Fig. 4). The teacher is
 models/<dataset>/<detector>/<distill.teacher>.pt. Resumable state lives in
 checkpoints/<dataset>/<detector>/<method>-<student>/last.pt, as for the train stage.
 
 Order: build the student (seeded), inherit the teacher's neck and head (``distill.inherit``),
-draw the "start" maps, train, draw the "end" maps. Nothing re-initialises the student after
-inheriting.
+draw the "start" maps, balance the KD weights (``distill.balance``, pipeline/distill/balance.py),
+train, draw the "end" maps. Nothing re-initialises the student after inheriting.
 """
 from __future__ import annotations
 
@@ -27,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import Params, load_params  # noqa: E402
 from pipeline.data.dataset import CuratedDataset, load_curated  # noqa: E402
+from pipeline.distill.balance import calibrate, calibration_batches, measure  # noqa: E402
 from pipeline.distill.distiller import Distiller, load_teacher  # noqa: E402
 from pipeline.distill.gradmaps import gradmap_batch, maps_of, render  # noqa: E402
 from pipeline.distill.inherit import inherit_neck_and_head  # noqa: E402
-from pipeline.distill.methods import build_method, check_method  # noqa: E402
+from pipeline.distill.methods import build_method, check_method, paper_overrides  # noqa: E402
 from pipeline.engine import distributed  # noqa: E402
 from pipeline.engine.checkpoint import Arch, save_model  # noqa: E402
 from pipeline.engine.runs import RunId, curated_path, fingerprint, resolve_device  # noqa: E402
@@ -44,6 +48,18 @@ from stages.train import loop_config, training_set  # noqa: E402
 
 def gradmap_dir(run: RunId) -> Path:
     return Path("plots") / "gradmaps" / run.dataset / run.detector / run.model
+
+
+def balance_log_path(run: RunId) -> Path:
+    return Path("logs") / "kd_balance" / run.dataset / run.detector / f"{run.model}.json"
+
+
+def balance_rows(balance: dict, history: list[dict]) -> list[dict]:
+    """The KD-to-task gradient ratio at the calibration (epoch 0) and after each epoch."""
+    rows = [{"epoch": 0, "kd_task_grad_ratio": balance["ratio"]}]
+    rows += [{"epoch": h["epoch"], "kd_task_grad_ratio": h["kd_task_grad_ratio"]}
+             for h in history if "kd_task_grad_ratio" in h]
+    return rows
 
 
 def file_digest(path: Path) -> str:
@@ -105,6 +121,21 @@ def main(argv: list[str] | None = None) -> None:
         rows["student start"] = maps_of(student, on_device, d.gkd.signed)
 
     distiller = Distiller(student, teacher, method, d.student_grad).to(device)
+    batches = calibration_batches(data, cfg.batch_size, d.balance.batches, cfg.seed)
+    balance = calibrate(distiller, batches, device, d.balance)
+    balance["paper_params"] = {"distill": paper_overrides(args.method, run.detector, method, d, run.dataset)}
+    weights = {f"kd_weight_{k}": v for k, v in balance["weights"].items()}
+    if env.is_main and method.WEIGHTS:
+        print(f"{run}: KD weights {balance['mode']}: x{balance['factor']:.4g} -> {balance['weights']} "
+              f"(KD/task gradient ratio {balance['ratio_before']:.4g} -> {balance['ratio']:.4g})")
+
+    def epoch_metrics(epoch: int) -> dict[str, float]:
+        figures = {"kd_nonfinite_grads": float(distiller.take_nonfinite()), **weights}
+        if method.WEIGHTS:
+            norms = measure(distiller, batches, device)
+            figures["kd_task_grad_ratio"] = norms.ratio
+            figures.update({f"ratio_{k}": v for k, v in norms.term_ratios().items()})
+        return figures
     # The process count is not part of the fingerprint: a run resumes under another count.
     key = fingerprint(run.model, run.detector, arch.as_dict(), cfg, params.input.model_dump(),
                       params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
@@ -112,10 +143,10 @@ def main(argv: list[str] | None = None) -> None:
                       file_digest(teacher_run.model_path),
                       [img["id"] for img in data.images])
     start = time.perf_counter()
-    result = train(student, data, cfg, run.checkpoint_dir, device, key, extra=distiller, desc=str(run),
-                   extra_module=method, rank=env.rank, world_size=env.world_size,
-                   wrap=distributed.ddp_wrapper(env, device))
-    distiller.close()
+    with distiller:
+        result = train(student, data, cfg, run.checkpoint_dir, device, key, extra=distiller, desc=str(run),
+                       extra_module=method, rank=env.rank, world_size=env.world_size,
+                       wrap=distributed.ddp_wrapper(env, device), epoch_metrics=epoch_metrics)
     if not env.is_main:
         distributed.teardown(env)
         return
@@ -126,8 +157,9 @@ def main(argv: list[str] | None = None) -> None:
             render(pictures, rows, tuple(student.strides), folder, params.input.mean, params.input.std)
     save_model(run.model_path, student, arch,
                meta={"role": args.method, "epochs": epochs, "dataset": run.dataset, "teacher": d.teacher,
-                     "inherit": d.inherit, "inherited_tensors": len(inherited)})
+                     "inherit": d.inherit, "inherited_tensors": len(inherited), "kd_balance": balance})
     write_json(run.train_log_path, result.history)
+    write_json(balance_log_path(run), balance_rows(balance, result.history))
     last = result.history[-1] if result.history else {}
     kd = {k: round(v, 4) for k, v in last.items() if k.startswith("kd_")}
     print(f"distilled {run} from {teacher_run.model} in {time.perf_counter() - start:.0f} s on "

@@ -1,6 +1,7 @@
 """DVC stage `evaluate@...`: score a model on the val split -> metrics/<dataset>/<detector>/<model>.json.
 
-The metrics file holds the COCO and VOC mAP50 (percent), per-class AP, KITTI AP40 where the
+Also writes detections/<dataset>/<detector>/<model>.npz (every val detection, original pixels) for
+the paired bootstrap of the distillation tables. The metrics file holds the COCO and VOC mAP50 (percent), per-class AP, KITTI AP40 where the
 data has KITTI difficulty fields, the parameter count, GFLOPs at 3x224x224 (one multiply-add
 is one FLOP, as the paper's Table 4) and the inference throughput.
 """
@@ -13,10 +14,12 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
-from pipeline.engine.inference import evaluate_model
+from pipeline.engine.inference import predict_dataset
 from pipeline.engine.runs import RunId, curated_path, load_trained, resolve_device
 from pipeline.errors import exit_on_user_error
 from pipeline.io import write_json
+from pipeline.metrics import evaluate_detections
+from pipeline.metrics.bootstrap import save_detections
 from pipeline.models.complexity import count_parameters
 from pipeline.models.factory import detector_gflops
 
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     model, meta = load_trained(run, val.class_names, params.model.fpn_channels)
     device = resolve_device(params.train.device)
     start = time.perf_counter()
-    metrics = evaluate_model(model, val, device, params.eval.batch_size)
+    detections = predict_dataset(model, val, device, params.eval.batch_size)
+    metrics = evaluate_detections(val.coco, detections)
     elapsed = time.perf_counter() - start
     with torch.no_grad():
         gflops = detector_gflops(model.cpu(), (1, 3, 224, 224))
@@ -45,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         "role": meta.get("role", run.role), "params_M": count_parameters(model) / 1e6, "gflops_224": gflops,
         "eval_images_per_s": len(val) / max(elapsed, 1e-9), "device": device.type,
     })
+    if "kd_balance" in meta:
+        metrics["kd_balance"] = meta["kd_balance"]
+    save_detections(run.detections_path, detections)
     write_json(run.metrics_path, metrics)
     print(f"{run}: mAP50 {metrics['mAP50']:.2f}  voc_mAP50 {metrics['voc_mAP50']:.2f}  "
           f"params {metrics['params_M']:.2f} M  GFLOPs {gflops:.2f} -> {run.metrics_path}")

@@ -1,8 +1,10 @@
 """DVC stage `distill_tables@<dataset>-<detector>`: the distillation tables from the metrics files.
 
 Writes reports/tables/distill_<dataset>_<detector>.md and .json: the paper's Tables 1-2
-(teacher, each student's baseline and every method of ``distill.methods``, mAP50 and voc_mAP50)
-and, when ablation methods (``mfi``, ``bmfi``, ``gkd``) ran, a Table-3-style ablation.
+(teacher, each student's baseline and every method of ``distill.methods``, mAP50 and voc_mAP50),
+each method's gain over its baseline and over ``inherit_only`` with paired bootstrap 95% intervals
+(from detections/<dataset>/<detector>/<model>.npz and the curated val split), the KD weights as
+balanced, and, when ablation methods (``mfi``, ``bmfi``, ``gkd``) ran, a Table-3-style ablation.
 """
 from __future__ import annotations
 
@@ -13,9 +15,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_params  # noqa: E402
+from pipeline.data.dataset import load_curated  # noqa: E402
+from pipeline.engine.runs import RunId, curated_path  # noqa: E402
 from pipeline.errors import exit_on_user_error  # noqa: E402
 from pipeline.io import atomic_file, write_json  # noqa: E402
+from pipeline.metrics.bootstrap import ImageMatches, image_matches, load_detections  # noqa: E402
 from pipeline.report.tables import ablation_rows, distill_rows, markdown  # noqa: E402
+
+
+def val_matches(dataset: str, detector: str, models: list[str]) -> dict[str, ImageMatches]:
+    """Each model's val detections matched once, for the bootstrap (models not evaluated yet
+    are left out; without the curated val split there is nothing to match)."""
+    val_path = curated_path(dataset, "val")
+    if not val_path.is_file():
+        return {}
+    val = load_curated(val_path)
+    out = {}
+    for model in models:
+        path = RunId(dataset, detector, model).detections_path
+        if path.is_file():
+            out[model] = image_matches(val, load_detections(path))
+    return out
 
 
 def table_paths(dataset: str, detector: str) -> tuple[Path, Path]:
@@ -33,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
 
     d = load_params(args.params).distill
     metrics_dir = Path("metrics") / args.dataset / args.detector
-    rows = distill_rows(metrics_dir, d.teacher, d.students, d.methods)
+    models = [f"{role}-{s}" for s in d.students for role in ("baseline", *d.methods)]
+    rows = distill_rows(metrics_dir, d.teacher, d.students, d.methods,
+                        val_matches(args.dataset, args.detector, models))
     ablation = ablation_rows(metrics_dir, d.students, d.methods)
     md_path, json_path = table_paths(args.dataset, args.detector)
     text = markdown(args.dataset, args.detector, rows, ablation)

@@ -8,7 +8,7 @@ import torch
 
 from pipeline.config import DistillParams
 from pipeline.distill.base import KDContext
-from pipeline.distill.bmfi import attention_loss, channel_attention, imitation_loss, spatial_attention
+from pipeline.distill.bmfi import attention_loss, channel_attention, imitation_loss, spatial_attention, uniform_mask
 from pipeline.distill.gkd import gkd_loss, gradient_map
 from pipeline.distill.masks import gaussian_box_mask
 from pipeline.distill.methods import build_method
@@ -82,7 +82,8 @@ def test_imitation_term_weights_squared_error_by_mask_and_teacher_attention():  
     # only cell (0, 0): S_T[0] * (C_T[0] * 1^2 + C_T[1] * 1^2) = S_T[0] * 2
     expected = 2 * 2 / (1 + E(2.0))
     assert imitation_loss(student, A, mask, 0.5).item() == pytest.approx(expected)
-    assert imitation_loss(student, A, None, None).item() == pytest.approx(1 + 9 + 1 + 1)   # plain squared error
+    ones = torch.ones_like(A[:, :1])
+    assert imitation_loss(student, A, ones, None).item() == pytest.approx(1 + 9 + 1 + 1)   # plain squared error
     assert imitation_loss(A.clone(), A, mask, 0.5).item() == 0
 
 
@@ -128,10 +129,26 @@ def test_total_is_eq10_and_each_method_name_switches_the_table3_terms():
     total = sum(terms["gkd_bmfi"].values())
     assert total.item() == pytest.approx((w.gkd_weight * l_gkd + w.beta * (imit + w.alpha * att)).item(), rel=1e-5)
     assert terms["gkd"]["kd_gkd_gkd"].item() == pytest.approx(w.gkd_weight * l_gkd.item(), rel=1e-6)
-    unmasked = sum(imitation_loss(s, t, None, 0.5) for s, t in zip(student, teacher))
+    unmasked = sum(imitation_loss(s, t, uniform_mask(s), 0.5) for s, t in zip(student, teacher))
     assert terms["mfi"]["kd_mfi_imitation"].item() == pytest.approx(w.beta * unmasked.item(), rel=1e-5)
     total.backward()
     assert all(s.grad.abs().sum() > 0 for s in student)
+
+
+def test_mask_off_ablation_has_the_masked_scale_on_an_all_ones_mask():
+    """Table 3's MFI row (mask off) must weigh the map like the box mask does for one box that
+    covers the whole map, not H*W times more (the unnormalised all-ones mask did)."""
+    student, teacher, _, _ = _features()
+    sizes = [tuple(s.shape[-2:]) for s in student]
+    whole = [torch.tensor([[0.0, 0.0, 64.0, 48.0]])] * 2                 # 8x6 cells at stride 8
+    full = [gaussian_box_mask(whole, st, size) for st, size in zip((8, 16), sizes)]
+    assert torch.equal(full[0], uniform_mask(student[0]))                 # the box covers every cell
+    ctx = KDContext("gfl", (8, 16), {})
+    mfi = build_method("mfi", "gfl", DistillParams())(student, teacher, _Batch(), ctx)["kd_mfi_imitation"]
+    masked = sum(imitation_loss(s, t, m, 0.5) for s, t, m in zip(student, teacher, full))
+    assert mfi.item() == pytest.approx(DistillParams().gkd.gfl.beta * masked.item(), rel=1e-6)
+    cells = student[0].shape[-1] * student[0].shape[-2]
+    assert uniform_mask(student[0], area_normalize=False).sum().item() == 2 * cells
 
 
 def test_terms_vanish_when_student_equals_teacher():

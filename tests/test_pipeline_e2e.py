@@ -21,7 +21,7 @@ TINY = {
     "model": {"train": ["teacher-resnet18", "baseline-resnet18"]},
     "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 2, "lr_steps": [], "num_workers": 0},
     "curate": {"preview_images": 2},
-    "distill": {"teacher": "teacher-resnet18", "students": ["resnet18"], "methods": ["gkd_bmfi"],
+    "distill": {"teacher": "teacher-resnet18", "students": ["resnet18"], "methods": ["inherit_only", "gkd_bmfi"],
                 "gradmap_images": 1},
     "deploy": {"models": ["baseline-resnet18", "gkd_bmfi-resnet18"], "precisions": ["fp32", "int8"],
                "calib_images": 2},
@@ -73,6 +73,16 @@ def test_dvc_repro_curates_trains_and_evaluates(repro):
         assert "kitti" in metrics
     distilled = json.loads((root / "metrics" / "synthetic" / "gfl" / "gkd_bmfi-resnet18.json").read_text())
     assert 0.0 <= distilled["mAP50"] <= 100.0
+    balance = distilled["kd_balance"]                      # distill.balance: auto, recorded end to end
+    assert balance["mode"] == "auto" and balance["ratio"] == pytest.approx(balance["target_ratio"])
+    drift = json.loads((root / "logs" / "kd_balance" / "synthetic" / "gfl" / "gkd_bmfi-resnet18.json").read_text())
+    assert [row["epoch"] for row in drift] == [0, 1] and all(row["kd_task_grad_ratio"] > 0 for row in drift)
+    table = (root / "reports" / "tables" / "distill_synthetic_gfl.md").read_text()
+    assert "| inherit_only | R18 |" in table and "vs inherit-only" in table and "auto x" in table
+    rows = json.loads((root / "reports" / "tables" / "distill_synthetic_gfl.json").read_text())["rows"]
+    gkd = next(r for r in rows if r["model"] == "gkd_bmfi-resnet18")
+    assert gkd["ci_vs_baseline"]["low"] <= gkd["mAP50_gain"] <= gkd["ci_vs_baseline"]["high"]
+    assert gkd["ci_vs_control"] is not None
     manifest = json.loads((root / "exports" / "synthetic" / "gfl" / "gkd_bmfi-resnet18" / "manifest.json").read_text())
     assert manifest["parity"]["mAP50_onnx"] == pytest.approx(manifest["parity"]["mAP50_pytorch"], abs=0.1)
     bench = json.loads((root / "metrics" / "benchmark" / "synthetic" / "gfl" / "gkd_bmfi-resnet18.json").read_text())

@@ -63,11 +63,29 @@ class KDMethod(nn.Module):
     teacher head pass with gradient to its FPN features) only when a method sets this.
     ``needs_feature_grads``: the distiller also fills ``context.student_grads`` and
     ``context.teacher_grads`` (see :class:`KDContext`).
+    A method with no :attr:`WEIGHTS` has no term (``inherit_only``): the distiller then skips
+    the teacher altogether.
     """
 
     name: str = "kd"
     needs_teacher_loss: bool = False
     needs_feature_grads: bool = False
+    #: the attributes that are loss weights: every returned term is linear in exactly one of them
+    #: (or a product including one), so multiplying all of them by ``k`` multiplies the KD
+    #: gradient by ``k``. ``distill.balance: auto`` scales them (pipeline/distill/balance.py).
+    WEIGHTS: tuple[str, ...] = ()
+
+    def loss_weights(self) -> dict[str, float]:
+        """``{attribute: value}`` of the loss weights (:attr:`WEIGHTS`)."""
+        return {name: float(getattr(self, name)) for name in self.WEIGHTS}
+
+    def scale_weights(self, factor: float) -> dict[str, float]:
+        """Multiply every loss weight by ``factor`` (> 0); returns the new weights."""
+        if not (factor > 0 and factor != float("inf")):
+            raise ValueError(f"a KD weight factor must be finite and > 0, got {factor}")
+        for name in self.WEIGHTS:
+            setattr(self, name, float(getattr(self, name)) * factor)
+        return self.loss_weights()
 
     def forward(self, student_feats: list[Tensor], teacher_feats: list[Tensor], batch: Batch,
                 context: KDContext) -> dict[str, Tensor]:  # pragma: no cover - interface

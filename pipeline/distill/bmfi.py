@@ -18,7 +18,8 @@ The teacher's attention weights the imitation term. The paper's Eq. 10 has no we
 The per-detector defaults live in params (``distill.gkd``, ``pipeline/config.py``
 :class:`GKDParams`); the constructor's defaults are GFL's.
 
-Ablation switches (Table 3): ``gkd`` (the L_GKD term), ``mask`` (``M_box``; off: all ones),
+Ablation switches (Table 3): ``gkd`` (the L_GKD term), ``mask`` (``M_box``; off: all ones,
+normalised as one box covering the map, :func:`uniform_mask`),
 ``mfi`` (the ``S, C`` weighting and the attention L1; off: plain squared error). The imitation
 term is present when ``mask`` or ``mfi`` is on; ``gkd`` alone is Table 3's "GKD only" row.
 """
@@ -46,20 +47,33 @@ def channel_attention(feats: Tensor, temperature: float) -> Tensor:
     return (c * torch.softmax(logits, dim=1)).reshape(n, c, 1, 1)
 
 
-def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor | None, temperature: float | None) -> Tensor:
+def uniform_mask(feats: Tensor, area_normalize: bool = True) -> Tensor:
+    """The mask of the ``mask``-off ablation: ``[N, C, H, W]`` -> ``[N, 1, H, W]``, all ones
+    divided by ``H * W`` with ``area_normalize``.
+
+    This is exactly :func:`~pipeline.distill.masks.gaussian_box_mask` of one box covering the
+    whole map (every cell inside it, its patch divided by its cell count), so switching the box
+    mask off changes *where* the term imitates, not its scale: without the normalisation the
+    MFI row of Table 3 would weigh every cell ``H * W`` times more (a term of 737 against 12.6
+    with the mask, measured at the first step of the default).
+    """
+    n, _, h, w = feats.shape
+    value = 1.0 / (h * w) if area_normalize else 1.0
+    return feats.new_full((n, 1, h, w), value, dtype=torch.float32)
+
+
+def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float | None) -> Tensor:
     """Eq. 9's first term on one level: ``sum M * S_T * C_T * (A_T - A_S)^2 / N``.
 
     Args:
         student, teacher: ``[N, C, H, W]`` (teacher detached).
-        mask: ``[N, 1, H, W]`` ``M_box``, or ``None`` for all ones (``mask`` off).
+        mask: ``[N, 1, H, W]``: ``M_box``, or :func:`uniform_mask` (``mask`` off).
         temperature: ``T`` of the teacher's attention, or ``None`` for no attention (``mfi`` off).
     """
     t = teacher.detach().float()
-    weight = torch.ones_like(t[:, :1, :1, :1])
+    weight = mask
     if temperature is not None:
-        weight = spatial_attention(t, temperature) * channel_attention(t, temperature)
-    if mask is not None:
-        weight = weight * mask
+        weight = weight * spatial_attention(t, temperature) * channel_attention(t, temperature)
     return (weight * (t - student.float()) ** 2).sum() / student.shape[0]
 
 
@@ -108,6 +122,8 @@ class GKDBMFI(KDMethod):
         self.pseudo_top_k, self.pseudo_score_thr = pseudo_top_k, pseudo_score_thr
         self.needs_teacher_loss = gkd
         self.needs_feature_grads = gkd
+        # alpha weighs a term inside L_BMFI (Eq. 9), so it is relative: beta scales it too
+        self.WEIGHTS = tuple(w for w, on in (("gkd_weight", gkd), ("beta", mask or mfi)) if on)
 
     def forward(self, student_feats: list[Tensor], teacher_feats: list[Tensor], batch: Batch,
                 context: KDContext) -> dict[str, Tensor]:
@@ -123,7 +139,7 @@ class GKDBMFI(KDMethod):
             attention = imitation.clone()
             for s, t, stride in zip(student_feats, teacher_feats, context.strides):
                 mask = (gaussian_box_mask(batch.boxes, stride, tuple(s.shape[-2:]), self.area_normalize)
-                        if self.use_mask else None)
+                        if self.use_mask else uniform_mask(s, self.area_normalize))
                 imitation = imitation + imitation_loss(s, t, mask, temperature)
                 if self.use_mfi:
                     attention = attention + attention_loss(s, t, self.temperature)

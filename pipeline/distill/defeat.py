@@ -57,6 +57,7 @@ class DeFeat(KDMethod):
     """
 
     name = "defeat"
+    WEIGHTS = ("fg_weight", "bg_weight")
 
     def __init__(self, fg_weight: float = 3.0, bg_weight: float = 12.0, adapt: bool = True,
                  level_assign: str = "roi", finest_scale: float = 56.0, num_levels: int = 5,

@@ -41,16 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.distill.base import KDContext, KDMethod
-from pipeline.distill.gkd import finite, head_gradients, pseudo_targets, scaled_grad, task_loss
+from pipeline.distill.gkd import NonFiniteTally, finite, head_gradients, pseudo_targets, scaled_grad, task_loss
 from pipeline.engine.checkpoint import Arch, load_weights, read_model_file
 from pipeline.errors import UserError
 from pipeline.models.detector import Detector
 from pipeline.models.factory import build_detector
 from pipeline.structures import Batch
 
-#: Loss scale for the GKD gradients when the forward runs in half precision (autocast), so
-#: small activation gradients do not underflow; the result is divided back.
-AMP_GRAD_SCALE = 1024.0
 STUDENT_GRAD_MODES = ("fused", "separate")
 
 
@@ -112,8 +109,8 @@ class _InjectGradients(torch.autograd.Function):
         return (None, None, *out)
 
 
-def fused_task_gradients(head: nn.Module, feats: list[Tensor], losses: dict[str, Tensor], scale: float = 1.0
-                         ) -> tuple[list[Tensor], dict[str, Tensor]]:
+def fused_task_gradients(head: nn.Module, feats: list[Tensor], losses: dict[str, Tensor], scale: float = 1.0,
+                         tally: NonFiniteTally | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
     """``dL_task/dfeats`` with one backward through the head (see the module docstring).
 
     Args:
@@ -121,6 +118,7 @@ def fused_task_gradients(head: nn.Module, feats: list[Tensor], losses: dict[str,
         feats: the student's FPN levels ``[N, C, H_l, W_l]``, in the graph.
         losses: the student's loss terms computed from ``feats`` (their head graph is consumed).
         scale: loss scale for half-precision forwards.
+        tally: counts the non-finite values replaced in the returned feature gradients.
 
     Returns:
         ``(grads, replacement)``: float32 ``dL_task/dfeats`` per level (detached) and loss terms
@@ -131,7 +129,8 @@ def fused_task_gradients(head: nn.Module, feats: list[Tensor], losses: dict[str,
     raw = torch.autograd.grad(total * scale if scale != 1.0 else total, [*feats, *params], allow_unused=True)
     raw = [None if g is None else g.float() / scale for g in raw]
     # the maps get finite values; the injected gradients keep any overflow, so AMP's scaler skips the step
-    feat_grads = [torch.zeros_like(f, dtype=torch.float32) if g is None else finite(g) for f, g in zip(feats, raw)]
+    feat_grads = [torch.zeros_like(f, dtype=torch.float32) if g is None else finite(g, tally)
+                  for f, g in zip(feats, raw)]
     names = list(losses)
     carrier = _InjectGradients.apply(losses[names[0]].detach(), tuple(raw), *feats, *params)
     replacement = {names[0]: carrier, **{k: losses[k].detach() for k in names[1:]}}
@@ -148,6 +147,14 @@ class Distiller:
             ``extra_module=distiller.method`` to the loop).
         student_grad: ``"fused"`` or ``"separate"`` (module docstring).
         profile: accumulate wall time per phase in :attr:`timings` (seconds).
+
+    Under autocast the GKD gradients are taken of the loss times :attr:`loss_scale`, which the
+    training loop keeps equal to its GradScaler's current scale (:meth:`set_loss_scale`), so they
+    neither underflow nor overflow where the loop's own backward does not. Gradient values that
+    are not finite anyway are replaced by 0 and counted (:meth:`take_nonfinite`).
+    A method without loss weights (``inherit_only``) adds nothing: the teacher is not run.
+    Use as a context manager (or call :meth:`close`) so the hook on the student's neck is
+    removed even when training raises.
     """
 
     def __init__(self, student: Detector, teacher: Detector, method: KDMethod, student_grad: str = "fused",
@@ -164,11 +171,39 @@ class Distiller:
         self.profile = profile
         self.timings: dict[str, float] = defaultdict(float)
         self.steps = 0
+        self.loss_scale = 1.0
+        self.nonfinite = NonFiniteTally()
         self._hook = student.neck.register_forward_hook(_levels_as_views)
 
     def close(self) -> None:
         """Remove the hook on the student's neck (the student then runs as before)."""
         self._hook.remove()
+
+    def __enter__(self) -> "Distiller":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def set_loss_scale(self, scale: float) -> None:
+        """The loop's current AMP loss scale (used only when the features are half precision)."""
+        self.loss_scale = float(scale)
+
+    def take_nonfinite(self) -> int:
+        """Gradient values replaced by 0 since the last call."""
+        return self.nonfinite.take()
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        """Calls inside return the KD terms only and leave no trace: the student gradient is
+        taken separately (the caller keeps the student's graph), and the step and non-finite
+        counts are restored (``pipeline/distill/balance.py``)."""
+        saved = (self.student_grad, self.steps, self.nonfinite)
+        self.student_grad, self.nonfinite = "separate", NonFiniteTally()
+        try:
+            yield
+        finally:
+            self.student_grad, self.steps, self.nonfinite = saved
 
     def to(self, device: torch.device | str) -> "Distiller":
         self.teacher.to(device)
@@ -197,9 +232,12 @@ class Distiller:
         """One step's KD terms (and, with the fused student gradient, the replaced task terms)."""
         if self.teacher.training:   # someone called .train() on everything: the teacher stays in eval
             self.teacher.eval()
+        if not self.method.WEIGHTS:
+            return {}
         self.steps += 1
         half = feats[0].dtype in (torch.float16, torch.bfloat16)
-        scale = AMP_GRAD_SCALE if half else 1.0
+        scale = self.loss_scale if half else 1.0
+        tally = self.nonfinite
         with self._phase("teacher_forward"), torch.no_grad():
             t_feats = self.teacher.features(batch.images)
         context = KDContext(detector=self.student.name, strides=tuple(self.student.strides), student_losses=losses,
@@ -209,18 +247,20 @@ class Distiller:
         if self.method.needs_teacher_loss or wants_grads:
             with self._phase("teacher_gradients"):
                 t_losses, leaves, t_grads = head_gradients(self.teacher, t_feats,
-                                                           self._targets(self.teacher, t_feats, batch), scale)
+                                                           self._targets(self.teacher, t_feats, batch), scale, tally)
             context.teacher_losses, context.teacher_feats_grad = t_losses, leaves
             context.teacher_grads = t_grads if wants_grads else None
         if wants_grads:
             with self._phase("student_gradients"):
                 if getattr(self.method, "targets", "gt") == "pseudo":
                     s_losses = self.student.losses(feats, self._targets(self.student, feats, batch))
-                    context.student_grads = scaled_grad(task_loss(s_losses), feats, scale)
+                    context.student_grads = scaled_grad(task_loss(s_losses), feats, scale, tally=tally)
                 elif self.student_grad == "fused":
-                    context.student_grads, replacement = fused_task_gradients(self.student.head, feats, losses, scale)
+                    context.student_grads, replacement = fused_task_gradients(self.student.head, feats, losses, scale,
+                                                                              tally)
                 else:
-                    context.student_grads = scaled_grad(task_loss(losses), feats, scale, retain_graph=True)
+                    context.student_grads = scaled_grad(task_loss(losses), feats, scale, retain_graph=True,
+                                                        tally=tally)
         with self._phase("kd_terms"):
             terms = self.method(feats, t_feats, batch, context)
         return {**replacement, **terms}

@@ -118,6 +118,7 @@ class FGD(KDMethod):
     """
 
     name = "fgd"
+    WEIGHTS = ("alpha", "beta", "gamma", "lam")
 
     def __init__(self, temperature: float = 0.5, alpha: float = 1e-3, beta: float = 5e-4, gamma: float = 5e-4,
                  lam: float = 5e-6, num_levels: int = 5, channels: int = 256) -> None:

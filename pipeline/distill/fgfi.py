@@ -100,6 +100,7 @@ class FGFI(KDMethod):
     """
 
     name = "fgfi"
+    WEIGHTS = ("weight",)
 
     def __init__(self, weight: float = 0.01, psi: float = 0.5, adapt: bool = True, level_assign: str = "all",
                  num_levels: int = 5, channels: int = 256) -> None:

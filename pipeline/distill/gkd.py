@@ -84,26 +84,49 @@ def task_loss(losses: dict[str, Tensor]) -> Tensor:
     return sum(losses.values())
 
 
-def scaled_grad(loss: Tensor, inputs: list[Tensor], scale: float = 1.0, retain_graph: bool = False) -> list[Tensor]:
+class NonFiniteTally:
+    """Counts the gradient values :func:`finite` replaced (a count that grows means the loss
+    scale or the learning rate is wrong; the distiller logs it per epoch). The count stays on
+    the tensors' device until read, so counting costs no synchronisation."""
+
+    def __init__(self) -> None:
+        self._count: Tensor | None = None
+
+    def add(self, t: Tensor) -> None:
+        bad = (~torch.isfinite(t)).sum()
+        self._count = bad if self._count is None else self._count + bad
+
+    def take(self) -> int:
+        """The count since the last call, then reset to 0."""
+        value = 0 if self._count is None else int(self._count)
+        self._count = None
+        return value
+
+
+def scaled_grad(loss: Tensor, inputs: list[Tensor], scale: float = 1.0, retain_graph: bool = False,
+                tally: NonFiniteTally | None = None) -> list[Tensor]:
     """``d loss / d inputs`` as float32 (zeros for inputs the loss does not use).
 
     ``scale`` multiplies the loss before the backward and divides the result after it, so the
-    half-precision activation gradients of an autocast forward do not underflow; a value that
-    overflowed anyway becomes 0 (the maps only need the gradient's direction).
+    half-precision activation gradients of an autocast forward do not underflow (the distiller
+    passes the GradScaler's current scale); a value that overflowed anyway becomes 0 (the maps
+    only need the gradient's direction) and is counted in ``tally``.
     """
     grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, inputs, retain_graph=retain_graph,
                                 allow_unused=True)
-    return [torch.zeros_like(x, dtype=torch.float32) if g is None else finite(g.float() / scale)
+    return [torch.zeros_like(x, dtype=torch.float32) if g is None else finite(g.float() / scale, tally)
             for x, g in zip(inputs, grads)]
 
 
-def finite(t: Tensor) -> Tensor:
-    """``t`` with NaN and infinities replaced by 0."""
+def finite(t: Tensor, tally: NonFiniteTally | None = None) -> Tensor:
+    """``t`` with NaN and infinities replaced by 0 (counted in ``tally`` when given)."""
+    if tally is not None:
+        tally.add(t)
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def head_gradients(detector, feats: list[Tensor], batch: Batch, scale: float = 1.0
-                   ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
+def head_gradients(detector, feats: list[Tensor], batch: Batch, scale: float = 1.0,
+                   tally: NonFiniteTally | None = None) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
     """The teacher side of GKD: ``dL_task/dA`` with a backward that stops at the FPN.
 
     The features are detached and made leaves that require grad, the detector's head loss is
@@ -115,6 +138,7 @@ def head_gradients(detector, feats: list[Tensor], batch: Batch, scale: float = 1
         feats: its FPN levels ``[N, C, H_l, W_l]`` (e.g. computed under ``no_grad``).
         batch: the batch whose ``boxes``/``labels`` are the targets.
         scale: loss scale for autocast (see :func:`scaled_grad`).
+        tally: counts replaced non-finite gradient values.
 
     Returns:
         ``(losses, leaves, grads)``: the detached loss terms, the leaf features and their
@@ -123,7 +147,7 @@ def head_gradients(detector, feats: list[Tensor], batch: Batch, scale: float = 1
     leaves = [f.detach().requires_grad_() for f in feats]
     with torch.enable_grad():
         losses = detector.losses(leaves, batch)
-        grads = scaled_grad(task_loss(losses), leaves, scale)
+        grads = scaled_grad(task_loss(losses), leaves, scale, tally=tally)
     return {k: v.detach() for k, v in losses.items()}, leaves, grads
 
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 import re
 
 import torch
+from torch import Tensor
 
+from pipeline.distill.base import KDContext, KDMethod
 from pipeline.errors import UserError
 from pipeline.models.detector import Detector
+from pipeline.structures import Batch
 
 _LATERAL = re.compile(r"^neck\.lateral_convs\.(\d+)\.")
 
@@ -65,3 +68,20 @@ def inherit_neck_and_head(student: Detector, teacher: Detector) -> tuple[list[st
             s_state[name].copy_(value)
             copied.append(name)
     return copied, skipped
+
+
+class InheritOnly(KDMethod):
+    """The inherit-only control (method ``inherit_only``): the student starts from the teacher's
+    neck and head and trains on the detection loss alone, through the same stage and loop as
+    every KD method.
+
+    Inheriting is a strong effect of its own (METHOD.md section 9): a KD method's own
+    contribution is its gain over this control, not over the plain baseline. It has no loss
+    weight, so ``distill.balance`` leaves it alone and the distiller never runs the teacher.
+    """
+
+    name = "inherit_only"
+
+    def forward(self, student_feats: list[Tensor], teacher_feats: list[Tensor], batch: Batch,
+                context: KDContext) -> dict[str, Tensor]:
+        return {}

@@ -3,6 +3,8 @@
 * ``gkd_bmfi``, ``bmfi``, ``mfi``, ``gkd``: GKD-BMFI and the rows of the paper's Table 3
   (all terms; mask + MFI; MFI only; GKD only), one module (:class:`~pipeline.distill.bmfi.GKDBMFI`)
   with settings from params ``distill.gkd``;
+* ``inherit_only``: the control, inheriting without any KD term
+  (:class:`~pipeline.distill.inherit.InheritOnly`);
 * ``mimic``, ``fgd``, ``fgfi``, ``defeat``, ``fkd``: the baselines (METHOD.md section 6), each
   built from its module's per-detector ``DEFAULTS`` overridden by params
   ``distill.baselines.<method>.<detector>``.
@@ -33,6 +35,16 @@ def _gkd_family(name: str, detector: str, params: DistillParams, channels: int, 
                    alpha=weights.alpha, temperature=g.temperature, signed=g.signed, targets=g.targets,
                    area_normalize=g.area_normalize, pseudo_top_k=g.pseudo_top_k,
                    pseudo_score_thr=g.pseudo_score_thr)
+
+
+def _inherit_only(name: str, detector: str, params: DistillParams, channels: int, num_levels: int,
+                  dataset: str | None) -> KDMethod:
+    from pipeline.distill.inherit import InheritOnly
+
+    if not params.inherit:
+        raise UserError("params.yaml: distill.methods has inherit_only but distill.inherit is false; the control "
+                        "is the inherited student: set distill.inherit: true or drop inherit_only")
+    return InheritOnly()
 
 
 def _mimic() -> tuple[type, dict]:
@@ -90,12 +102,16 @@ METHODS: dict[str, MethodBuilder] = {
     "bmfi": partial(_gkd_family, gkd=False, mask=True, mfi=True),
     "mfi": partial(_gkd_family, gkd=False, mask=False, mfi=True),
     "gkd": partial(_gkd_family, gkd=True, mask=False, mfi=False),
+    "inherit_only": _inherit_only,
     "mimic": partial(_baseline, _mimic),
     "fgd": partial(_baseline, _fgd),
     "fgfi": partial(_baseline, _fgfi),
     "defeat": partial(_baseline, _defeat),
     "fkd": partial(_baseline, _fkd),
 }
+
+#: The method names built by :func:`_gkd_family` (weights in ``distill.gkd``).
+GKD_FAMILY = ("gkd_bmfi", "bmfi", "mfi", "gkd")
 
 #: The Table-3 ablation rows, in the paper's order (none = the baseline student).
 ABLATIONS = ("mfi", "bmfi", "gkd_bmfi", "gkd")
@@ -116,3 +132,20 @@ def build_method(name: str, detector: str, params: DistillParams, channels: int 
     for method in params.baselines:
         check_method(method)
     return METHODS[name](name, detector, params, channels, num_levels, dataset)
+
+
+def paper_overrides(name: str, detector: str, method: KDMethod, params: DistillParams,
+                    dataset: str | None = None) -> dict:
+    """The ``distill`` params (nested dict) that rebuild ``method`` with its current weights in
+    ``balance.mode: paper``: put them in params.yaml to repeat a balanced run without
+    calibrating. GKD-BMFI's family reads ``distill.gkd.<detector>`` (or
+    ``distill.gkd.datasets.<dataset>.<detector>`` where that exists), the baselines
+    ``distill.baselines.<method>.<detector>``."""
+    if name in GKD_FAMILY:
+        weights = {"gkd_weight": method.gkd_weight, "beta": method.beta, "alpha": method.alpha}
+        if detector in params.gkd.datasets.get(dataset or "", {}):
+            return {"gkd": {"datasets": {dataset: {detector: weights}}}}
+        return {"gkd": {detector: weights}}
+    if not method.WEIGHTS:
+        return {}
+    return {"baselines": {name: {detector: method.loss_weights()}}}

@@ -74,6 +74,7 @@ class Mimic(KDMethod):
     """
 
     name = "mimic"
+    WEIGHTS = ("weight",)
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

@@ -44,6 +44,10 @@ class RunId:
         return Path("metrics") / self.dataset / self.detector / f"{self.model}.json"
 
     @property
+    def detections_path(self) -> Path:
+        return Path("detections") / self.dataset / self.detector / f"{self.model}.npz"
+
+    @property
     def train_log_path(self) -> Path:
         return Path("logs") / "train" / self.dataset / self.detector / f"{self.model}.json"
 

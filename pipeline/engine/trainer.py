@@ -149,7 +149,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
           fingerprint: str, extra: ExtraLoss | None = None, rank: int = 0, world_size: int = 1,
           wrap: Callable[[nn.Module], nn.Module] | None = None, desc: str = "train",
           on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-          extra_module: nn.Module | None = None) -> TrainResult:
+          extra_module: nn.Module | None = None,
+          epoch_metrics: Callable[[int], dict[str, float]] | None = None) -> TrainResult:
     """Train ``model`` in place.
 
     Args:
@@ -164,6 +165,11 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
         extra_module: trainable layers ``extra`` owns outside the model (a KD method's own
             modules): their parameters join the optimiser after the model's and their state
             is kept in ``last.pt`` for resuming, not in the model.
+        epoch_metrics: called on every process after each epoch's last step with the epoch
+            index; its figures join that epoch's record (and so the checkpointed history).
+
+    An ``extra`` with a ``set_loss_scale`` method is told the GradScaler's current scale before
+    each step under mixed precision (the distiller scales its own gradients with it).
     """
     is_main = rank == 0
     seed_everything(cfg.seed + rank)
@@ -201,6 +207,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * factor
             batch = batch.to(device)
+            if use_amp and hasattr(extra, "set_loss_scale"):
+                extra.set_loss_scale(scaler.get_scale())
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 feats = stepper.features(batch.images) if wrap is None else stepper(batch.images)
                 losses = model.losses(feats, batch)
@@ -229,6 +237,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
         elapsed = time.perf_counter() - start
         record = {"epoch": epoch + 1, "lr": cfg.lr * factor, "images_per_s": seen / max(elapsed, 1e-9),
                   **{k: v / max(seen, 1) for k, v in sums.items()}}
+        if epoch_metrics is not None:
+            record.update(epoch_metrics(epoch))
         history.append(record)
         if is_main:
             state = {"fingerprint": fingerprint, "epoch": epoch, "history": history,

@@ -5,12 +5,25 @@ Every number comes from the evaluate stages' metrics files
 ``metrics/<dataset>/<detector>/<model>.json`` (``mAP50``: COCO AP50, ``voc_mAP50``: MMDetection's
 VOC area AP50 as the paper reports for KITTI; both in percent). A model whose metrics file is
 missing is listed with ``-`` so a partial table still shows what exists.
+
+Each KD method's mAP50 gain is given twice, each with its paired bootstrap 95% interval over the
+val images (:mod:`pipeline.metrics.bootstrap`, from the evaluate stages' detections): over the
+student's baseline, and over the inherit-only control (``inherit_only``: the teacher's neck and
+head, no KD term), which is the method's own contribution. The KD weights as balanced
+(``distill.balance``) are listed per model, so a run can be repeated with ``mode: paper``.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.metrics.bootstrap import ImageMatches, paired_gain
+
+#: the control every KD method is also compared with
+CONTROL = "inherit_only"
 
 #: Table 3's rows in the paper's order: (method name, the terms it switches on).
 ABLATION_ROWS: tuple[tuple[str, str], ...] = (
@@ -20,36 +33,69 @@ BACKBONE_LABELS = {"resnet18": "R18", "resnet50": "R50", "resnet101": "R101"}
 
 
 def read_metrics(metrics_dir: Path, model: str) -> dict[str, Any] | None:
-    """The metrics json of ``model`` in ``metrics_dir``, or ``None`` when it does not exist."""
+    """The metrics json of ``model`` in ``metrics_dir``, or ``None`` when it does not exist.
+
+    Raises:
+        UserError: a file that is not a metrics json, naming it and the fix.
+    """
     path = Path(metrics_dir) / f"{model}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        float(data["mAP50"]), float(data["voc_mAP50"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a metrics file of the evaluate stage ({type(err).__name__}: {err}); "
+                        "re-run its evaluate stage (dvc repro)") from None
+    return data
 
 
-def _row(metrics_dir: Path, model: str, role: str, backbone: str, baseline: dict | None) -> dict[str, Any]:
+def _interval(matches: Mapping[str, ImageMatches] | None, model: str, reference: str, resamples: int
+              ) -> dict[str, float] | None:
+    if not matches or model not in matches or reference not in matches:
+        return None
+    return paired_gain([matches[model]], [matches[reference]], resamples=resamples).as_dict()
+
+
+def _row(metrics_dir: Path, model: str, role: str, backbone: str, baseline: dict | None,
+         control: str | None = None, matches: Mapping[str, ImageMatches] | None = None,
+         resamples: int = 1000) -> dict[str, Any]:
     m = read_metrics(metrics_dir, model)
+    balance = (m or {}).get("kd_balance") or {}
     row = {"model": model, "role": role, "backbone": backbone,
            "mAP50": None if m is None else float(m["mAP50"]),
            "voc_mAP50": None if m is None else float(m["voc_mAP50"]),
-           "params_M": None if m is None else m.get("params_M")}
+           "params_M": None if m is None else m.get("params_M"),
+           "kd_weights": balance.get("weights") or None, "kd_balance": balance.get("mode"),
+           "kd_factor": balance.get("factor")}
     for key in ("mAP50", "voc_mAP50"):
         gain = None
         if baseline is not None and row[key] is not None and baseline.get(key) is not None and role != "baseline":
             gain = row[key] - baseline[key]
         row[f"{key}_gain"] = gain
+    has_base = baseline is not None and role != "baseline"
+    row["ci_vs_baseline"] = _interval(matches, model, baseline["model"], resamples) if has_base else None
+    row["ci_vs_control"] = (_interval(matches, model, control, resamples)
+                            if control is not None and role not in ("baseline", CONTROL) else None)
     return row
 
 
-def distill_rows(metrics_dir: Path, teacher: str, students: tuple[str, ...], methods: tuple[str, ...]
+def distill_rows(metrics_dir: Path, teacher: str, students: tuple[str, ...], methods: tuple[str, ...],
+                 matches: Mapping[str, ImageMatches] | None = None, resamples: int = 1000
                  ) -> list[dict[str, Any]]:
     """Tables 1-2: the teacher, then per student its baseline and every method.
 
-    Gains are against the same student's baseline (percentage points)."""
+    Gains are against the same student's baseline (percentage points); with ``matches`` (model
+    -> its :class:`ImageMatches` on val) each gain gets its paired bootstrap interval, over the
+    baseline and, when ``inherit_only`` is among ``methods``, over that control."""
     t_backbone = teacher.rsplit("-", 1)[1]
     rows = [_row(metrics_dir, teacher, "teacher", t_backbone, None)]
     for student in students:
         base = _row(metrics_dir, f"baseline-{student}", "baseline", student, None)
         rows.append(base)
-        rows.extend(_row(metrics_dir, f"{method}-{student}", method, student, base) for method in methods)
+        control = f"{CONTROL}-{student}" if CONTROL in methods else None
+        rows.extend(_row(metrics_dir, f"{method}-{student}", method, student, base, control, matches, resamples)
+                    for method in methods)
     return rows
 
 
@@ -76,6 +122,39 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
+def _fmt_ci(ci: dict[str, float] | None) -> str:
+    return "-" if ci is None else f"{ci['gain']:+.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}]"
+
+
+def _fmt_weights(row: dict[str, Any]) -> str:
+    if not row.get("kd_weights"):
+        return "-"
+    weights = ", ".join(f"{k} {v:.3g}" for k, v in row["kd_weights"].items())
+    return f"{row['kd_balance']} x{row['kd_factor']:.3g}: {weights}"
+
+
+def _verdict(ci: dict[str, float] | None, what: str) -> str | None:
+    if ci is None:
+        return None
+    if ci["low"] > 0:
+        return f"above {what} by {ci['gain']:.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}], an interval that excludes 0"
+    if ci["high"] < 0:
+        return f"below {what} by {-ci['gain']:.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}], an interval that excludes 0"
+    return f"not distinguishable from {what} ({ci['gain']:+.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}] includes 0)"
+
+
+def reading(rows: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences on what each gain and its interval show (one per KD method and student)."""
+    lines = []
+    for r in rows:
+        parts = [v for v in (_verdict(r.get("ci_vs_baseline"), "the baseline"),
+                             _verdict(r.get("ci_vs_control"), "inherit-only")) if v]
+        if parts:
+            label = BACKBONE_LABELS.get(r["backbone"], r["backbone"])
+            lines.append(f"- {r['role']} {label}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def markdown(dataset: str, detector: str, rows: list[dict[str, Any]], ablation: list[dict[str, Any]]) -> str:
     """Both tables as markdown."""
     lines = [f"### Distillation on {dataset}, {detector} (mAP at IoU 0.5, %)", "",
@@ -87,6 +166,18 @@ def markdown(dataset: str, detector: str, rows: list[dict[str, Any]], ablation: 
                      f"{_fmt(r['mAP50_gain'], True)} | {_fmt(r['voc_mAP50'])} | {_fmt(r['voc_mAP50_gain'], True)} "
                      f"| {params} |")
     lines += ["", "Gains are against the same student's baseline (percentage points)."]
+    compared = [r for r in rows if r["role"] not in ("teacher", "baseline")]
+    if any(r.get("ci_vs_baseline") or r.get("kd_weights") for r in compared):
+        lines += ["", f"#### mAP50 gains with their paired bootstrap 95% intervals (val images), {dataset}, {detector}",
+                  "", "| model | backbone | vs baseline | vs inherit-only | KD weights (balance) |",
+                  "| --- | --- | ---: | ---: | --- |"]
+        for r in compared:
+            lines.append(f"| {r['role']} | {BACKBONE_LABELS.get(r['backbone'], r['backbone'])} | "
+                         f"{_fmt_ci(r.get('ci_vs_baseline'))} | {_fmt_ci(r.get('ci_vs_control'))} | "
+                         f"{_fmt_weights(r)} |")
+        said = reading(rows)
+        if said:
+            lines += ["", "Reading (one seed; an interval that includes 0 is no evidence either way):", "", *said]
     if ablation:
         lines += ["", f"### Ablation of GKD-BMFI's terms on {dataset}, {detector} (Table 3 layout)", "",
                   "| backbone | terms | mAP50 (COCO) | voc_mAP50 (VOC area) |", "| --- | --- | ---: | ---: |"]

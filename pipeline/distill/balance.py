@@ -1,0 +1,156 @@
+"""One balancing rule for every KD method: the KD-to-task gradient-norm ratio at the student's FPN.
+
+The methods' published weights were tuned for other inputs, students and loss conventions (a
+sum over box cells x channels x levels for FGD and BMFI, a mean for mimic, a masked mean for
+DeFeat and FGFI; METHOD.md section 9), so the same numbers give terms of very different
+strength. ``distill.balance.mode: auto`` measures, for the student's FPN outputs
+``F = (F_1 .. F_L)`` (each ``[N, C, H_l, W_l]``) and a few fixed training batches ``b``::
+
+    g_task = mean_b || d L_task / dF ||_2          (all levels as one vector)
+    g_kd   = mean_b || d sum_t L_t / dF ||_2       (L_t: the method's weighted KD terms)
+
+and multiplies every loss weight of the method (:attr:`~pipeline.distill.base.KDMethod.WEIGHTS`)
+by ``ratio * g_task / g_kd``, so that afterwards ``g_kd / g_task = ratio`` on those batches,
+for every method alike. This is GradNorm's measure (Chen et al., ICML 2018: balance loss
+weights by their gradient norms at a shared layer) applied once, before the first optimiser
+step; the FPN outputs are the layer every KD method here reads. The proportions *inside* a
+method (GKD's weight against BMFI's, FGD's four terms) stay the authors'; only the method's
+total strength against the task is set. The KD terms are linear in these weights, so one
+measurement gives the factor exactly.
+
+The same measurement on the same batches after each epoch (:func:`measure`) is logged as
+``kd_task_grad_ratio``, so drift of the balance during training is visible.
+Measuring never changes the student: its buffers (BatchNorm statistics) are restored.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import BalanceParams
+from pipeline.data.dataset import collate
+from pipeline.engine.trainer import EpochSampler
+from pipeline.errors import UserError
+from pipeline.structures import Batch
+
+
+@dataclass(frozen=True)
+class GradNorms:
+    """Mean gradient norms at the student's FPN outputs over the measured batches.
+
+    Attributes:
+        task: ``g_task``, of the detection loss.
+        kd: ``g_kd``, of the sum of the method's terms.
+        terms: per named KD term, its own gradient norm.
+    """
+
+    task: float
+    kd: float
+    terms: dict[str, float]
+
+    @property
+    def ratio(self) -> float:
+        """``g_kd / g_task`` (0 when the method has no term)."""
+        return self.kd / self.task if self.task > 0 else float("nan")
+
+    def term_ratios(self) -> dict[str, float]:
+        return {name: value / self.task if self.task > 0 else float("nan") for name, value in self.terms.items()}
+
+
+def feature_grad_norm(loss: Tensor, feats: list[Tensor]) -> float:
+    """``|| d loss / d feats ||_2`` over all levels as one vector (the graph is kept)."""
+    if not loss.requires_grad:
+        return 0.0
+    grads = torch.autograd.grad(loss, feats, retain_graph=True, allow_unused=True)
+    return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
+
+
+@contextmanager
+def preserved_state(*modules: nn.Module) -> Iterator[None]:
+    """Run a block without leaving a trace in ``modules``' buffers (BatchNorm running
+    statistics) or training flags."""
+    saved = [({k: v.clone() for k, v in m.named_buffers()}, [s.training for s in m.modules()]) for m in modules]
+    try:
+        yield
+    finally:
+        for m, (buffers, flags) in zip(modules, saved):
+            with torch.no_grad():
+                for name, value in m.named_buffers():
+                    value.copy_(buffers[name])
+            for sub, flag in zip(m.modules(), flags):
+                sub.training = flag
+
+
+def calibration_batches(dataset, batch_size: int, count: int, seed: int) -> list[Batch]:
+    """The first ``count`` batches the training loop draws in its first epoch (same order,
+    same augmentation), so calibration sees what the first steps see."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(0)
+    sampler = EpochSampler(len(dataset), seed)
+    sampler.set_epoch(0)
+    order = list(sampler)[: count * batch_size]
+    if not order:
+        raise UserError("distill.balance: the training set is empty; there is nothing to calibrate on")
+    return [collate([dataset[i] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
+
+
+def measure(distiller, batches: list[Batch], device: torch.device) -> GradNorms:
+    """:class:`GradNorms` of ``distiller``'s method on ``batches`` (student in training mode,
+    as in a step; nothing of the student or the distiller changes)."""
+    student = distiller.student
+    task_sum, kd_sum, term_sums = 0.0, 0.0, {}
+    with preserved_state(student, distiller.method), distiller.measuring():
+        student.train()
+        for batch in batches:
+            batch = batch.to(device)
+            feats = student.features(batch.images)
+            losses = student.losses(feats, batch)
+            task_sum += feature_grad_norm(sum(losses.values()), feats)
+            terms = distiller(feats, batch, losses)
+            if terms:
+                kd_sum += feature_grad_norm(sum(terms.values()), feats)
+            for name, value in terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + feature_grad_norm(value, feats)
+    n = len(batches)
+    return GradNorms(task_sum / n, kd_sum / n, {k: v / n for k, v in term_sums.items()})
+
+
+def calibrate(distiller, batches: list[Batch], device: torch.device, params: BalanceParams) -> dict:
+    """Apply ``distill.balance`` to ``distiller.method`` (in place) and describe the result.
+
+    Returns a json-ready record: ``mode``, ``target_ratio`` (``None`` in paper mode),
+    ``ratio_before`` (at the written weights), ``factor``, ``weights_before`` and ``weights``
+    (the method's loss weights after balancing: put them in params with ``mode: paper`` to
+    repeat the run), ``ratio`` (after), ``term_ratios`` (after), ``batches``.
+
+    Raises:
+        UserError: ``auto`` on a method whose terms give no gradient at the features.
+    """
+    method = distiller.method
+    before = measure(distiller, batches, device)
+    weights_before = method.loss_weights()
+    factor = 1.0
+    if params.mode == "auto" and method.WEIGHTS:
+        if not (before.kd > 0 and math.isfinite(before.kd)):
+            raise UserError(f"distill.balance: the {method.name} terms give a gradient norm of {before.kd} at the "
+                            "student's FPN outputs, so no weight reaches the target ratio; check the method's "
+                            "weights or use distill.balance.mode: paper")
+        factor = params.ratio / before.ratio
+        method.scale_weights(factor)
+    return {
+        "mode": params.mode,
+        "target_ratio": params.ratio if params.mode == "auto" else None,
+        "ratio_before": before.ratio,
+        "factor": factor,
+        "weights_before": weights_before,
+        "weights": method.loss_weights(),
+        "ratio": before.ratio * factor,
+        "term_ratios": {k: v * factor for k, v in before.term_ratios().items()},
+        "task_grad_norm": before.task,
+        "batches": len(batches),
+    }
