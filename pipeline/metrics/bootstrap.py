@@ -25,7 +25,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.io import atomic_file
-from pipeline.metrics.coco import RECALL_THRESHOLDS, match_class, within_group_rank
+from pipeline.metrics.coco import RECALL_THRESHOLDS, class_outcomes
 from pipeline.metrics.evaluate import prepare_inputs
 from pipeline.structures import Detections
 
@@ -51,28 +51,17 @@ def image_matches(coco: Mapping[str, Any], detections: Mapping[int, Any]) -> Ima
     """Match ``detections`` (image id -> Detections in original pixels) to ``coco``'s ground
     truth at IoU 0.5 once, for :func:`weighted_ap50`."""
     prep = prepare_inputs(coco, detections)
-    gt, dets = prep.gt, prep.dets
-    n = int(prep.image_ids.size)
-    thr = np.array([0.5])
+    gt, n = prep.gt, int(prep.image_ids.size)
     out = []
     for cls in range(len(prep.class_names)):
-        gsel = np.flatnonzero(gt.labels == cls)
-        g_img, g_ign = gt.image[gsel], gt.ignore[gsel]
-        gt_per_image = np.bincount(g_img[~g_ign], minlength=n).astype(np.float64)
-        if gt_per_image.sum() == 0:
+        outcome = class_outcomes(gt, prep.dets, cls, MAX_DETS, np.array([0.5]))
+        if outcome is None:
             continue
-        g_order = np.lexsort((g_ign, g_img))
-        dsel = np.flatnonzero(dets.labels == cls)
-        d_img, d_score = dets.image[dsel], dets.scores[dsel].astype(np.float64)
-        d_order = np.lexsort((-d_score, d_img))
-        d_img, d_score, d_box = d_img[d_order], d_score[d_order], dets.boxes[dsel][d_order]
-        keep = within_group_rank(d_img) < MAX_DETS
-        d_img, d_score, d_box = d_img[keep], d_score[keep], d_box[keep]
-        matched, ignored = match_class(g_img[g_order], gt.boxes[gsel][g_order], g_ign[g_order], d_img, d_box, thr)
-        final = np.argsort(-d_score, kind="stable")
-        matched, ignored, d_img = matched[0, final], ignored[0, final], d_img[final]
-        counted = ~ignored
-        out.append((d_img[counted], matched[counted], ~matched[counted], gt_per_image))
+        det_image, tp, fp = outcome
+        counted = tp[0] | fp[0]                                   # drop detections matched to ignore regions
+        keep = (gt.labels == cls) & ~gt.ignore
+        gt_per_image = np.bincount(gt.image[keep], minlength=n).astype(np.float64)
+        out.append((det_image[counted], tp[0, counted], fp[0, counted], gt_per_image))
     return ImageMatches(n, tuple(out))
 
 

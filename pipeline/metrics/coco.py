@@ -299,14 +299,18 @@ def interpolated_precision(tp: np.ndarray, fp: np.ndarray, num_gt: int,
     return out
 
 
-def _class_precision(gt: GroundTruth, dets: DetectionSet, cls: int,
-                     max_dets: int) -> tuple[np.ndarray | None, int]:
-    """``([T, R] precision or None when the class has no non-ignored GT, num_gt)``."""
+def class_outcomes(gt: GroundTruth, dets: DetectionSet, cls: int, max_dets: int,
+                   thresholds: np.ndarray = IOU_THRESHOLDS) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The detections of class ``cls`` in final (score) order with their outcome per IoU threshold.
+
+    Returns:
+        ``(image [N], tp [T, N], fp [T, N])`` (a detection matched to an ignored ground truth is
+        neither), or ``None`` when the class has no non-ignored ground truth.
+    """
     gsel = np.flatnonzero(gt.labels == cls)
     g_img, g_ign = gt.image[gsel], gt.ignore[gsel]
-    num_gt = int(np.count_nonzero(~g_ign))
-    if num_gt == 0:
-        return None, 0
+    if not np.count_nonzero(~g_ign):
+        return None
     g_order = np.lexsort((g_ign, g_img))
     g_img, g_ign, g_box = g_img[g_order], g_ign[g_order], gt.boxes[gsel][g_order]
 
@@ -317,11 +321,20 @@ def _class_precision(gt: GroundTruth, dets: DetectionSet, cls: int,
     keep = within_group_rank(d_img) < max_dets
     d_img, d_score, d_box = d_img[keep], d_score[keep], d_box[keep]
 
-    matched, ignored = match_class(g_img, g_box, g_ign, d_img, d_box, IOU_THRESHOLDS)
+    matched, ignored = match_class(g_img, g_box, g_ign, d_img, d_box, thresholds)
     final = np.argsort(-d_score, kind="stable")
     matched, ignored = matched[:, final], ignored[:, final]
-    tp = matched & ~ignored
-    fp = ~matched & ~ignored
+    return d_img[final], matched & ~ignored, ~matched & ~ignored
+
+
+def _class_precision(gt: GroundTruth, dets: DetectionSet, cls: int,
+                     max_dets: int) -> tuple[np.ndarray | None, int]:
+    """``([T, R] precision or None when the class has no non-ignored GT, num_gt)``."""
+    outcome = class_outcomes(gt, dets, cls, max_dets)
+    if outcome is None:
+        return None, 0
+    num_gt = int(np.count_nonzero(~gt.ignore[gt.labels == cls]))
+    _, tp, fp = outcome
     return interpolated_precision(tp, fp, num_gt), num_gt
 
 
