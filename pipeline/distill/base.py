@@ -63,13 +63,15 @@ class KDMethod(nn.Module):
     teacher head pass with gradient to its FPN features) only when a method sets this.
     ``needs_feature_grads``: the distiller also fills ``context.student_grads`` and
     ``context.teacher_grads`` (see :class:`KDContext`).
-    A method with no :attr:`WEIGHTS` has no term (``inherit_only``): the distiller then skips
-    the teacher altogether.
+    ``needs_teacher = False`` (``inherit_only``): the distiller skips the teacher altogether.
     """
 
     name: str = "kd"
     needs_teacher_loss: bool = False
     needs_feature_grads: bool = False
+    #: ``False`` for a method that never reads the teacher (``inherit_only``): the distiller
+    #: then adds nothing and does not run the teacher.
+    needs_teacher: bool = True
     #: the attributes that are loss weights: every returned term is linear in exactly one of them
     #: (or a product including one), so multiplying all of them by ``k`` multiplies the KD
     #: gradient by ``k``. ``distill.balance: auto`` scales them (pipeline/distill/balance.py).

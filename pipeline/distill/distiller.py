@@ -152,7 +152,7 @@ class Distiller:
     training loop keeps equal to its GradScaler's current scale (:meth:`set_loss_scale`), so they
     neither underflow nor overflow where the loop's own backward does not. Gradient values that
     are not finite anyway are replaced by 0 and counted (:meth:`take_nonfinite`).
-    A method without loss weights (``inherit_only``) adds nothing: the teacher is not run.
+    A method that does not need the teacher (``inherit_only``) adds nothing: the teacher is not run.
     Use as a context manager (or call :meth:`close`) so the hook on the student's neck is
     removed even when training raises.
     """
@@ -232,7 +232,7 @@ class Distiller:
         """One step's KD terms (and, with the fused student gradient, the replaced task terms)."""
         if self.teacher.training:   # someone called .train() on everything: the teacher stays in eval
             self.teacher.eval()
-        if not self.method.WEIGHTS:
+        if not self.method.needs_teacher:
             return {}
         self.steps += 1
         half = feats[0].dtype in (torch.float16, torch.bfloat16)

@@ -81,6 +81,7 @@ class InheritOnly(KDMethod):
     """
 
     name = "inherit_only"
+    needs_teacher = False
 
     def forward(self, student_feats: list[Tensor], teacher_feats: list[Tensor], batch: Batch,
                 context: KDContext) -> dict[str, Tensor]:
