@@ -161,7 +161,7 @@ def report(root: Path, seeds: int, methods: tuple[str, ...], walls: dict[str, li
     base, control = np.mean(per["baseline"]), np.mean(per["inherit_only"])
     print(f"\nval images: {len(val['images'])}; seeds: {seeds}; teacher R101 mAP50 {teacher:.2f}; "
           f"teacher - baseline {teacher - base:+.2f}; teacher - inherit-only {teacher - control:+.2f}")
-    premise = teacher - base >= 5 and teacher > control
+    premise = bool(teacher - base >= 5 and teacher > control)
     print("premise (teacher >= baseline + 5 and > inherit-only): " + ("holds" if premise else "DOES NOT HOLD"))
     refs = [r for r in ("baseline", "inherit_only", "mimic", "fgd") if r in m]
     head = " | ".join(f"vs {r}" for r in refs)
