@@ -250,12 +250,15 @@ class DistillParams(Record):
     gradmap_images: Annotated[int, Field(ge=0, le=64)] = 4
     gkd: GKDParams = GKDParams()
     balance: BalanceParams = BalanceParams()
+    #: seeds of the replicas (stages ``replica@...``): each student's baseline and every method
+    #: trained again with ``seed`` replaced, for mean +- std and intervals over seeds
+    extra_seeds: tuple[Annotated[int, Field(ge=0, le=2**31 - 1)], ...] = ()
     baselines: dict[Annotated[str, Field(pattern=METHOD_NAME)],
                     dict[Literal["gfl", "faster_rcnn"], dict[str, float | int | bool | str]]] = {}
 
     @model_validator(mode="after")
     def _no_duplicates(self) -> "DistillParams":
-        for key in ("students", "methods"):
+        for key in ("students", "methods", "extra_seeds"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"{key} has duplicates: {list(values)}")
@@ -355,6 +358,13 @@ class Params(Record):
                 )
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"datasets has duplicates: {list(self.datasets)}")
+        return self
+
+    @model_validator(mode="after")
+    def _replica_seeds_differ(self) -> "Params":
+        if self.seed in self.distill.extra_seeds:
+            raise ValueError(f"distill.extra_seeds repeats seed = {self.seed}: the main run is that seed already; "
+                             "list other seeds only")
         return self
 
     @model_validator(mode="after")

@@ -20,21 +20,27 @@ from pipeline.engine.runs import RunId, curated_path  # noqa: E402
 from pipeline.errors import exit_on_user_error  # noqa: E402
 from pipeline.io import atomic_file, write_json  # noqa: E402
 from pipeline.metrics.bootstrap import ImageMatches, image_matches, load_detections  # noqa: E402
+from pipeline.replicas import replica_path  # noqa: E402
 from pipeline.report.tables import ablation_rows, distill_rows, markdown  # noqa: E402
 
 
-def val_matches(dataset: str, detector: str, models: list[str]) -> dict[str, ImageMatches]:
-    """Each model's val detections matched once, for the bootstrap (models not evaluated yet
-    are left out; without the curated val split there is nothing to match)."""
+def val_matches(dataset: str, detector: str, models: list[str], seeds: tuple[int, ...] = ()
+                ) -> dict[str, list[ImageMatches]]:
+    """Each model's val detections matched once, for the bootstrap: the main run's first, then
+    each replica seed's that exists (models not evaluated yet are left out; without the
+    curated val split there is nothing to match)."""
     val_path = curated_path(dataset, "val")
     if not val_path.is_file():
         return {}
     val = load_curated(val_path)
     out = {}
     for model in models:
-        path = RunId(dataset, detector, model).detections_path
-        if path.is_file():
-            out[model] = image_matches(val, load_detections(path))
+        run = RunId(dataset, detector, model)
+        paths = [run.detections_path] + [replica_path(run.detections_path.parent, seed, run.backbone)
+                                         / run.detections_path.name for seed in seeds]
+        found = [image_matches(val, load_detections(p)) for p in paths if p.is_file()]
+        if found and paths[0].is_file():
+            out[model] = found
     return out
 
 
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics_dir = Path("metrics") / args.dataset / args.detector
     models = [f"{role}-{s}" for s in d.students for role in ("baseline", *d.methods)]
     rows = distill_rows(metrics_dir, d.teacher, d.students, d.methods,
-                        val_matches(args.dataset, args.detector, models))
+                        val_matches(args.dataset, args.detector, models, d.extra_seeds))
     ablation = ablation_rows(metrics_dir, d.students, d.methods)
     md_path, json_path = table_paths(args.dataset, args.detector)
     text = markdown(args.dataset, args.detector, rows, ablation)

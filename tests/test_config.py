@@ -37,6 +37,10 @@ def test_committed_params_load_as_frozen_records():
     (lambda d: d.update(datasets=["nuscenes"]), "datasets lists 'nuscenes' but sources has no entry for it"),
     (lambda d: d.update(datasets=[]), "datasets = [] is not allowed"),
     (lambda d: d.pop("sources"), "missing key 'sources'"),
+    (lambda d: d["distill"].update(extra_seeds=[1, 0]), "distill.extra_seeds repeats seed = 0"),
+    (lambda d: d["distill"].update(extra_seeds=[3, 3]), "extra_seeds has duplicates"),
+    (lambda d: d["distill"]["balance"].update(mode="grad"), "distill.balance.mode = 'grad' is not allowed"),
+    (lambda d: d["distill"]["balance"].update(ratio=0), "distill.balance.ratio = 0 is not allowed"),
 ])
 def test_bad_params_give_one_line_naming_key_value_and_rule(raw, mutate, expected):
     data = copy.deepcopy(raw)

@@ -15,12 +15,14 @@ head, no KD term), which is the method's own contribution. The KD weights as bal
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.metrics.bootstrap import ImageMatches, paired_gain
+import numpy as np
+
+from pipeline.metrics.bootstrap import ImageMatches, paired_gain, weighted_ap50
 
 #: the control every KD method is also compared with
 CONTROL = "inherit_only"
@@ -50,16 +52,25 @@ def read_metrics(metrics_dir: Path, model: str) -> dict[str, Any] | None:
     return data
 
 
-def _interval(matches: Mapping[str, ImageMatches] | None, model: str, reference: str, resamples: int
-              ) -> dict[str, float] | None:
+Matches = Mapping[str, Sequence[ImageMatches]]
+
+
+def _interval(matches: Matches | None, model: str, reference: str, resamples: int) -> dict[str, float] | None:
     if not matches or model not in matches or reference not in matches:
         return None
-    return paired_gain([matches[model]], [matches[reference]], resamples=resamples).as_dict()
+    return paired_gain(matches[model], matches[reference], resamples=resamples).as_dict()
+
+
+def _over_seeds(matches: Matches | None, model: str) -> tuple[int, float | None, float | None]:
+    """``(seeds, mean, std)`` of the model's mAP50 over its main run and replicas."""
+    if not matches or model not in matches:
+        return 0, None, None
+    values = [weighted_ap50(m, np.ones(m.num_images)) for m in matches[model]]
+    return len(values), float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def _row(metrics_dir: Path, model: str, role: str, backbone: str, baseline: dict | None,
-         control: str | None = None, matches: Mapping[str, ImageMatches] | None = None,
-         resamples: int = 1000) -> dict[str, Any]:
+         control: str | None = None, matches: Matches | None = None, resamples: int = 1000) -> dict[str, Any]:
     m = read_metrics(metrics_dir, model)
     balance = (m or {}).get("kd_balance") or {}
     row = {"model": model, "role": role, "backbone": backbone,
@@ -73,6 +84,7 @@ def _row(metrics_dir: Path, model: str, role: str, backbone: str, baseline: dict
         if baseline is not None and row[key] is not None and baseline.get(key) is not None and role != "baseline":
             gain = row[key] - baseline[key]
         row[f"{key}_gain"] = gain
+    row["seeds"], row["mAP50_mean"], row["mAP50_std"] = _over_seeds(matches, model)
     has_base = baseline is not None and role != "baseline"
     row["ci_vs_baseline"] = _interval(matches, model, baseline["model"], resamples) if has_base else None
     row["ci_vs_control"] = (_interval(matches, model, control, resamples)
@@ -81,17 +93,18 @@ def _row(metrics_dir: Path, model: str, role: str, backbone: str, baseline: dict
 
 
 def distill_rows(metrics_dir: Path, teacher: str, students: tuple[str, ...], methods: tuple[str, ...],
-                 matches: Mapping[str, ImageMatches] | None = None, resamples: int = 1000
-                 ) -> list[dict[str, Any]]:
+                 matches: Matches | None = None, resamples: int = 1000) -> list[dict[str, Any]]:
     """Tables 1-2: the teacher, then per student its baseline and every method.
 
     Gains are against the same student's baseline (percentage points); with ``matches`` (model
-    -> its :class:`ImageMatches` on val) each gain gets its paired bootstrap interval, over the
-    baseline and, when ``inherit_only`` is among ``methods``, over that control."""
+    -> its :class:`ImageMatches` on val, one per seed: the main run, then the replicas) each row
+    gets its mAP50 mean +- std over seeds and each gain its paired bootstrap interval (over
+    images and seeds), over the baseline and, when ``inherit_only`` is among ``methods``, over
+    that control."""
     t_backbone = teacher.rsplit("-", 1)[1]
     rows = [_row(metrics_dir, teacher, "teacher", t_backbone, None)]
     for student in students:
-        base = _row(metrics_dir, f"baseline-{student}", "baseline", student, None)
+        base = _row(metrics_dir, f"baseline-{student}", "baseline", student, None, matches=matches)
         rows.append(base)
         control = f"{CONTROL}-{student}" if CONTROL in methods else None
         rows.extend(_row(metrics_dir, f"{method}-{student}", method, student, base, control, matches, resamples)
@@ -166,18 +179,23 @@ def markdown(dataset: str, detector: str, rows: list[dict[str, Any]], ablation: 
                      f"{_fmt(r['mAP50_gain'], True)} | {_fmt(r['voc_mAP50'])} | {_fmt(r['voc_mAP50_gain'], True)} "
                      f"| {params} |")
     lines += ["", "Gains are against the same student's baseline (percentage points)."]
-    compared = [r for r in rows if r["role"] not in ("teacher", "baseline")]
+    compared = [r for r in rows if r["role"] != "teacher"]
     if any(r.get("ci_vs_baseline") or r.get("kd_weights") for r in compared):
-        lines += ["", f"#### mAP50 gains with their paired bootstrap 95% intervals (val images), {dataset}, {detector}",
-                  "", "| model | backbone | vs baseline | vs inherit-only | KD weights (balance) |",
-                  "| --- | --- | ---: | ---: | --- |"]
+        seeds = max((r.get("seeds") or 1) for r in compared)
+        over = "val images" if seeds == 1 else f"val images and {seeds} seeds"
+        lines += ["", f"#### mAP50 gains with their paired bootstrap 95% intervals ({over}), {dataset}, {detector}",
+                  "", "| model | backbone | seeds | mAP50 mean +- std | vs baseline | vs inherit-only | "
+                  "KD weights (balance) |", "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
         for r in compared:
-            lines.append(f"| {r['role']} | {BACKBONE_LABELS.get(r['backbone'], r['backbone'])} | "
-                         f"{_fmt_ci(r.get('ci_vs_baseline'))} | {_fmt_ci(r.get('ci_vs_control'))} | "
+            spread = "-" if r.get("mAP50_mean") is None else (
+                f"{r['mAP50_mean']:.1f}" + ("" if r.get("mAP50_std") is None else f" +- {r['mAP50_std']:.1f}"))
+            lines.append(f"| {r['role']} | {BACKBONE_LABELS.get(r['backbone'], r['backbone'])} | {r.get('seeds') or '-'} | "
+                         f"{spread} | {_fmt_ci(r.get('ci_vs_baseline'))} | {_fmt_ci(r.get('ci_vs_control'))} | "
                          f"{_fmt_weights(r)} |")
         said = reading(rows)
         if said:
-            lines += ["", "Reading (one seed; an interval that includes 0 is no evidence either way):", "", *said]
+            lines += ["", f"Reading ({seeds} seed{'s' if seeds > 1 else ''}; an interval that includes 0 is no "
+                      "evidence either way):", "", *said]
     if ablation:
         lines += ["", f"### Ablation of GKD-BMFI's terms on {dataset}, {detector} (Table 3 layout)", "",
                   "| backbone | terms | mAP50 (COCO) | voc_mAP50 (VOC area) |", "| --- | --- | ---: | ---: |"]

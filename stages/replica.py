@@ -1,0 +1,71 @@
+"""DVC stage `replica@<dataset>-<detector>-<student>-<seed>`: one student's baseline and every KD
+method of ``distill.methods`` again, with ``seed`` replaced (params ``distill.extra_seeds``).
+
+    python -m stages.replica <dataset> <detector> <student backbone> <seed>
+
+Works in replicas/seed<seed>/<dataset>/<detector>/<student>/ (pipeline/replicas.py): a params.yaml
+equal to the project's but for the seed, links to the curated data and the teacher, then the
+train, distill and evaluate stage scripts run there, unchanged (its models/ and checkpoints/ stay
+there, so a killed replica resumes). Its outputs are the metrics and val detections of the
+baseline and each method, copied to metrics/<dataset>/<detector>/seed<seed>/<student>/ and
+detections/<dataset>/<detector>/seed<seed>/<student>/, which the distillation tables read for
+mean +- std and intervals over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import DEFAULT_PARAMS, load_params
+from pipeline.engine.runs import RunId, curated_path
+from pipeline.errors import UserError, exit_on_user_error
+from pipeline.io import atomic_dir
+from pipeline.replicas import inside, merge, prepare, replica_path, workspace
+from stages import distill, evaluate, train
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("student", help="student backbone, e.g. resnet18")
+    parser.add_argument("seed", type=int)
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS))
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    if args.seed == params.seed:
+        raise UserError(f"{args.params}: seed {args.seed} is the main run's seed; a replica needs another one "
+                        "(distill.extra_seeds)")
+    raw = yaml.safe_load(Path(args.params).read_text())
+    overrides = {"seed": args.seed, "datasets": [args.dataset],
+                 "model": {"detectors": [args.detector]},
+                 "distill": {"students": [args.student], "gradmap_images": 0, "extra_seeds": []}}
+    teacher = RunId(args.dataset, args.detector, params.distill.teacher).model_path
+    folder = workspace(args.seed, args.dataset, args.detector, args.student)
+    prepare(folder, merge(raw, overrides), [curated_path(args.dataset, "train").parent, teacher])
+    start = time.perf_counter()
+    models = [f"baseline-{args.student}", *(f"{m}-{args.student}" for m in params.distill.methods)]
+    with inside(folder):
+        train.main([args.dataset, args.detector, models[0]])
+        evaluate.main([args.dataset, args.detector, models[0]])
+        for method, model in zip(params.distill.methods, models[1:]):
+            distill.main([args.dataset, args.detector, args.student, method])
+            evaluate.main([args.dataset, args.detector, model])
+    for kind in ("metrics_path", "detections_path"):
+        runs = [RunId(args.dataset, args.detector, m) for m in models]
+        target = replica_path(getattr(runs[0], kind).parent, args.seed, args.student)
+        with atomic_dir(target) as out:
+            for run in runs:
+                shutil.copy2(folder / getattr(run, kind), out / getattr(run, kind).name)
+    print(f"replica seed {args.seed} of {args.dataset}/{args.detector}/{args.student}: baseline and "
+          f"{len(params.distill.methods)} methods in {time.perf_counter() - start:.0f} s -> {folder}")
+
+
+if __name__ == "__main__":
+    main()
