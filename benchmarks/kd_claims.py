@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.data.dataset import load_curated  # noqa: E402
 from pipeline.engine.runs import RunId, curated_path  # noqa: E402
 from pipeline.metrics.bootstrap import image_matches, load_detections, paired_gain  # noqa: E402
+from pipeline.replicas import inside, merge, prepare  # noqa: E402
 from stages import curate, distill, evaluate, synthesize, train  # noqa: E402
 
 DATASET, DETECTOR, STUDENT, TEACHER = "synthetic", "gfl", "resnet18", "teacher-resnet101"
@@ -61,28 +61,12 @@ PROFILES = {
 }
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
-def write_params(folder: Path, profile: str, seed: int, methods: tuple[str, ...]) -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = merge(params, PROFILES[profile])
-    params = merge(params, {"seed": seed, "datasets": [DATASET],
-                            "model": {"detectors": [DETECTOR], "train": [TEACHER, f"baseline-{STUDENT}"]},
-                            "distill": {"teacher": TEACHER, "students": [STUDENT], "methods": list(methods),
-                                        "gradmap_images": 0, "balance": {"mode": "auto"}}})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def link(target: Path, name: Path) -> None:
-    name.parent.mkdir(parents=True, exist_ok=True)
-    if not name.exists():
-        name.symlink_to(os.path.relpath(target, name.parent))
+def profile_params(profile: str, seed: int, methods: tuple[str, ...]) -> dict:
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), PROFILES[profile])
+    return merge(params, {"seed": seed, "datasets": [DATASET],
+                          "model": {"detectors": [DETECTOR], "train": [TEACHER, f"baseline-{STUDENT}"]},
+                          "distill": {"teacher": TEACHER, "students": [STUDENT], "methods": list(methods),
+                                      "gradmap_images": 0, "balance": {"mode": "auto"}, "extra_seeds": []}})
 
 
 def step(folder: Path, done: Path, what: str, run) -> float:
@@ -90,12 +74,8 @@ def step(folder: Path, done: Path, what: str, run) -> float:
     if done.exists():
         return 0.0
     start = time.perf_counter()
-    cwd = Path.cwd()
-    os.chdir(folder)
-    try:
+    with inside(folder):
         run()
-    finally:
-        os.chdir(cwd)
     took = time.perf_counter() - start
     print(f"  {what}: {took:.0f} s", flush=True)
     return took
@@ -116,7 +96,7 @@ def main() -> None:
     start = time.perf_counter()
     walls: dict[str, list[float]] = {}
 
-    write_params(root, args.profile, 0, methods)
+    prepare(root, profile_params(args.profile, 0, methods), [])
     print(f"kd_claims ({args.profile}) in {root}", flush=True)
     step(root, root / "data" / "raw" / DATASET, "synthesize", lambda: synthesize.main([]))
     step(root, root / curated_path(DATASET, "val"), "curate", lambda: curate.main([DATASET]))
@@ -126,9 +106,8 @@ def main() -> None:
 
     for seed in range(args.seeds):
         folder = root / f"seed{seed}"
-        write_params(folder, args.profile, seed, methods)
-        link(root / "data", folder / "data")
-        link(root / teacher.model_path, folder / teacher.model_path)
+        with inside(root):
+            prepare(Path(folder.name), profile_params(args.profile, seed, methods), [Path("data"), teacher.model_path])
         print(f"seed {seed}", flush=True)
         models = [f"baseline-{STUDENT}", *(f"{m}-{STUDENT}" for m in methods)]
         for model in models:
