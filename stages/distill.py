@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             figures["kd_task_grad_ratio"] = norms.ratio
             figures.update({f"ratio_{k}": v for k, v in norms.term_ratios().items()})
         return figures
+
     # The process count is not part of the fingerprint: a run resumes under another count.
     key = fingerprint(run.model, run.detector, arch.as_dict(), cfg, params.input.model_dump(),
                       params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),

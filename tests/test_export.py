@@ -400,3 +400,36 @@ def test_benchmark_stage_times_every_backend_with_its_accuracy_and_plots(capsys)
     png = root / "plots" / "benchmark" / "tiny_gfl.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ONNX Runtime CPU / PyTorch eager CPU p50" in capsys.readouterr().out
+
+
+def dequantize_input_types(graph: onnx.ModelProto) -> dict[str, int]:
+    """Element type of the first input of every DequantizeLinear node, by node name."""
+    inferred = onnx.shape_inference.infer_shapes(graph).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+    types.update({t.name: t.data_type for t in inferred.initializer})
+    return {n.name: types.get(n.input[0]) for n in inferred.node if n.op_type == "DequantizeLinear"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", ["gfl", "faster_rcnn"])
+def test_int8_dequantize_nodes_take_only_int8_as_tensorrt_parses(tmp_path, detector):
+    """TensorRT's ONNX parser rejects a DequantizeLinear of an int32 tensor (onnxruntime's
+    default quantised Conv bias): every DQ of both detectors' int8 graphs reads int8, with zero
+    zero-points, and the biases stay float32 inputs of their Conv/Gemm."""
+    from pipeline.deploy.precision import to_int8
+
+    model = tiny_model(detector)
+    export_onnx(model, tmp_path / "model.onnx", INPUT.padded_shape, simplify=False)
+    rng = np.random.default_rng(0)
+    feeds = ({"images": rng.standard_normal((1, 3, *INPUT.padded_shape)).astype(np.float32),
+              "image_sizes": np.array([INPUT.padded_shape], np.float32)} for _ in range(2))
+    recipe = to_int8(tmp_path / "model.onnx", tmp_path / "model-int8.onnx", feeds, 2)
+    quant = onnx.load(str(tmp_path / "model-int8.onnx"))
+    types = dequantize_input_types(quant)
+    assert types and recipe["bias"] == "float32"
+    wrong = {name: onnx.TensorProto.DataType.Name(t) for name, t in types.items() if t != onnx.TensorProto.INT8}
+    assert not wrong, f"DequantizeLinear inputs TensorRT would reject: {wrong}"
+    inits = {t.name: t for t in quant.graph.initializer}
+    for node in quant.graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in inits:
+            assert inits[node.input[2]].data_type == onnx.TensorProto.FLOAT, node.name

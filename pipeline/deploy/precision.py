@@ -6,9 +6,11 @@
   sigmoid, GFL's distribution integral (softmax expectation, GFL Eq. 5), box decoding, top-k,
   NMS (and Faster R-CNN's RPN decode and RoIAlign) stay float32.
 * ``int8``: explicit Q/DQ from onnxruntime's post-training ``quantize_static`` (QDQ format,
-  symmetric int8 activations and per-channel symmetric int8 weights, as TensorRT requires),
-  on the network's ``Conv``/``Gemm`` nodes only, calibrated on curated TRAINING images (never
-  val); everything after the raw head outputs stays float32.
+  symmetric int8 activations and per-channel symmetric int8 weights, biases left float32, as
+  TensorRT's ONNX parser requires: a DequantizeLinear there takes int8 input only, and
+  ``quantize_static``'s default int32 bias would be rejected), on the network's ``Conv``/``Gemm``
+  nodes only, calibrated on curated TRAINING images (never val); everything after the raw head
+  outputs stays float32.
 
 Each recipe is a plain dict written to the manifest.
 """
@@ -162,13 +164,13 @@ def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_im
         str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
         op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=methods[method],
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
     )
     out = onnx.load(str(dst))
     out.ir_version = min(out.ir_version, graph.ir_version)
     onnx.checker.check_model(out)
     onnx.save(out, str(dst), save_as_external_data=False)
     return {"precision": "int8", "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel",
+            "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel", "bias": "float32",
             "calibration": method, "calibration_images": num_images, "calibration_split": "train",
             "quantized_nodes": len(nodes), "float32_kept": "sigmoid, distribution integral, box decode, top-k, NMS"}
