@@ -433,3 +433,20 @@ def test_int8_dequantize_nodes_take_only_int8_as_tensorrt_parses(tmp_path, detec
     for node in quant.graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in inits:
             assert inits[node.input[2]].data_type == onnx.TensorProto.FLOAT, node.name
+
+
+def test_benchmark_refuses_a_file_that_is_not_the_one_the_manifest_describes(tmp_path, capsys):
+    """A fp32 graph copied over model-int8.onnx must not be timed and labelled int8."""
+    from stages import benchmark as benchmark_stage
+
+    root = tmp_path / "repo"
+    shutil.copytree(built_repo(), root, symlinks=True)
+    folder = root / "exports" / "tiny" / "gfl" / "baseline-resnet18"
+    shutil.copy2(folder / "model.onnx", folder / "model-int8.onnx")
+    shutil.rmtree(root / "metrics", ignore_errors=True)        # another test's benchmark record
+    with chdir(root), pytest.raises(SystemExit) as info:
+        benchmark_stage.main(["run", *RUN])
+    assert info.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model-int8.onnx: sha256 differs from the manifest's" in err[0]
+    assert not (root / "metrics" / "benchmark" / "tiny" / "gfl" / "baseline-resnet18.json").exists()

@@ -32,7 +32,7 @@ import torch
 from pipeline.config import BenchmarkParams
 from pipeline.data.dataset import CuratedDataset, collate
 from pipeline.deploy.benchmark import measure_interleaved
-from pipeline.deploy.manifest import read_manifest
+from pipeline.deploy.manifest import artifact_entry, read_manifest
 from pipeline.deploy.parity import backend_detections
 from pipeline.deploy.runtime import DeployedDetector, OnnxBackend
 from pipeline.engine.inference import evaluate_model
@@ -119,12 +119,17 @@ def _cuda_copy(model: Detector) -> Detector:  # pragma: no cover - needs a GPU
 
 def _onnx(folder: Path, manifest: dict, val: CuratedDataset, small: Batch, big: Batch, bp: BenchmarkParams,
           eval_batch: int, out: dict, skipped: dict) -> None:
-    """ONNX Runtime on CPU and, where really available, on the CUDA / TensorRT providers."""
+    """ONNX Runtime on CPU and, where really available, on the CUDA / TensorRT providers.
+
+    Each file's sha256 is checked against the manifest first: a file replaced after the export
+    (say a fp32 graph copied over ``model-int8.onnx``) ends the benchmark with one line instead
+    of being timed under the wrong label."""
     available = ort.get_available_providers()
     dynamic = bool(manifest["input"].get("dynamic_batch", True))
     for name, entry in manifest["artifacts"].items():
         if entry.get("kind") != "onnx":
             continue
+        artifact_entry(manifest, folder, name)   # the file timed is the file the manifest describes
         for device, provider in [("cpu", "CPUExecutionProvider"), *GPU_PROVIDERS.items()]:
             key = f"onnxruntime-{device}-{entry['precision']}"
             if provider not in available:
