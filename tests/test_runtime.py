@@ -134,3 +134,38 @@ def test_missing_or_inconsistent_manifest_is_refused(copied):
 def test_unavailable_execution_provider_is_refused():
     with pytest.raises(UserError, match="execution provider NoSuchExecutionProvider is not available"):
         DeployedDetector(export_folder(), providers=["NoSuchExecutionProvider"])
+
+
+def test_empty_batches_bgr_frames_and_the_score_threshold(world):  # noqa: F811
+    _, val = world
+    det = DeployedDetector(export_folder())
+    assert det.detect_batch([]) == []
+    num, boxes, scores, labels = det.run(np.zeros((0, 3, *det.input_hw), np.float32), np.zeros((0, 2), np.float32))
+    assert num.shape == (0, 1) and boxes.shape == (0, 0, 4) and scores.shape == labels.shape == (0, 0)
+    rgb = _val_images(val)[0]
+    plain = det.detect(rgb)
+    assert len(plain) > 0
+    as_bgr = det.detect(np.ascontiguousarray(rgb[..., ::-1]), bgr=True)      # a camera frame in BGR
+    np.testing.assert_array_equal(as_bgr.boxes, plain.boxes)
+    np.testing.assert_array_equal(as_bgr.scores, plain.scores)
+    cut = float(np.median(plain.scores))
+    high = det.detect(rgb, score_threshold=cut)
+    assert 0 < len(high) < len(plain) or len(set(plain.scores.tolist())) == 1
+    assert (high.scores >= cut).all() and len(high.names) == len(high)
+
+
+def test_runtime_misuse_is_refused_in_one_line():
+    det = DeployedDetector(export_folder())
+    h, w = det.input_hw
+    images = np.zeros((2, 3, h, w), np.float32)
+    cases = [(lambda: det.run(images, np.zeros((1, 2), np.float32)), "image_sizes has shape (1, 2) for 2 images"),
+             (lambda: det.run(images, np.zeros((2,), np.float32)), "image_sizes has shape (2,) for 2 images"),
+             (lambda: det.run(images[:, :, :8], np.zeros((2, 2), np.float32)),
+              f"images has shape (2, 3, 8, {w}), expected [N, 3, {h}, {w}]"),
+             (lambda: det.detect(np.zeros((20, 30, 3), np.uint8), score_threshold=1.5), "score_threshold = 1.5"),
+             (lambda: det.detect_batch(np.zeros((20, 30, 3), np.uint8)), "takes a list of [H, W, 3] images"),
+             (lambda: det.detect(np.zeros((20, 30, 3), np.float32), bgr=True), "dtype is float32")]
+    for call, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)) as info:
+            call()
+        assert "\n" not in str(info.value)

@@ -5,6 +5,7 @@
     det = DeployedDetector("exports/kitti/gfl/gkd_bmfi-resnet18/model-int8.onnx")
     found = det.detect(rgb)          # rgb: [H, W, 3] uint8
     found.boxes, found.scores, found.names    # x1,y1,x2,y2 in the image's own pixels
+    found = det.detect(frame, bgr=True, score_threshold=0.3)   # an OpenCV/camera BGR frame
 
 Dependencies: numpy, Pillow (the training resize, so preprocessing is bit-identical) and
 onnxruntime, or tensorrt + cuda-python for ``model-<precision>.engine`` files. Every file is
@@ -256,12 +257,46 @@ class DeployedDetector:
         return preprocess(image, self.manifest["preprocessing"])
 
     def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
-        """Raw graph outputs for preprocessed ``images [N, 3, H, W]`` and ``sizes [N, 2]`` (h, w)."""
+        """Raw graph outputs for preprocessed ``images [N, 3, H, W]`` and ``sizes [N, 2]`` (h, w):
+        ``[num_dets [N, 1], boxes [N, K, 4], scores [N, K], labels [N, K]]``. ``N = 0`` gives
+        empty outputs without running the model.
+
+        Raises:
+            UserError: shapes that do not fit the export (one line naming the argument).
+        """
+        images, sizes = np.asarray(images), np.asarray(sizes)
+        h, w = self.input_hw
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, h, w):
+            raise UserError(f"images has shape {tuple(images.shape)}, expected [N, 3, {h}, {w}] (preprocess() "
+                            "gives [3, H, W] per image: np.stack them)")
+        n = images.shape[0]
+        if sizes.shape != (n, 2):
+            raise UserError(f"image_sizes has shape {tuple(sizes.shape)} for {n} images; expected [{n}, 2], one "
+                            "(height, width) per image before padding (Prepared.size_hw)")
+        if self.max_batch is not None and n > self.max_batch:
+            raise UserError(f"{n} images in one call, but {self.path.name} takes at most {self.max_batch}; "
+                            "split the batch (detect_batch does)")
+        if n == 0:
+            return [np.zeros((0, 1), np.int32), np.zeros((0, 0, 4), np.float32), np.zeros((0, 0), np.float32),
+                    np.zeros((0, 0), np.int64)]
         return self.backend.run(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(sizes, np.float32))
 
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
-        """Detections of each ``[H, W, 3]`` uint8 RGB image, in its own pixels."""
-        prepared = [self.preprocess(image) for image in images]
+    def detect_batch(self, images: Sequence[np.ndarray], score_threshold: float = 0.0,
+                     bgr: bool = False) -> list[ImageDetections]:
+        """Detections of each ``[H, W, 3]`` uint8 image, in its own pixels.
+
+        Args:
+            images: RGB images (BGR with ``bgr=True``, as OpenCV and most camera drivers give).
+            score_threshold: keep detections scoring at least this (in ``[0, 1]``; the graph
+                already drops those below its own test threshold).
+            bgr: the images are BGR; they are flipped to RGB before preprocessing.
+        """
+        if not 0.0 <= float(score_threshold) <= 1.0:
+            raise UserError(f"score_threshold = {score_threshold} must be in [0, 1]")
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise UserError("detect_batch takes a list of [H, W, 3] images; for one image use detect(image)")
+        prepared = [self.preprocess(np.ascontiguousarray(check_image(image)[..., ::-1]) if bgr else image)
+                    for image in images]
         step = self.max_batch or max(1, len(prepared))
         results: list[ImageDetections] = []
         for start in range(0, len(prepared), step):
@@ -270,11 +305,13 @@ class DeployedDetector:
                                                   np.array([p.size_hw for p in chunk], dtype=np.float32))
             for i, prep in enumerate(chunk):
                 k = int(num[i, 0])
-                lab = labels[i, :k].astype(np.int64)
-                results.append(ImageDetections(to_original(boxes[i, :k], prep), scores[i, :k].astype(np.float32),
+                keep = np.flatnonzero(scores[i, :k] >= score_threshold)
+                lab = labels[i, keep].astype(np.int64)
+                results.append(ImageDetections(to_original(boxes[i, keep], prep), scores[i, keep].astype(np.float32),
                                                lab, tuple(self.class_names[j] for j in lab)))
         return results
 
-    def detect(self, image: np.ndarray) -> ImageDetections:
-        """Detections of one ``[H, W, 3]`` uint8 RGB image, in its own pixels."""
-        return self.detect_batch([image])[0]
+    def detect(self, image: np.ndarray, score_threshold: float = 0.0, bgr: bool = False) -> ImageDetections:
+        """Detections of one ``[H, W, 3]`` uint8 image (RGB, or BGR with ``bgr=True``), in its own
+        pixels, scoring at least ``score_threshold``."""
+        return self.detect_batch([image], score_threshold, bgr)[0]
