@@ -169,3 +169,19 @@ def test_runtime_misuse_is_refused_in_one_line():
         with pytest.raises(UserError, match=re.escape(message)) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_warmup_runs_and_concurrent_calls_agree(world):  # noqa: F811
+    """One detector shared by threads: calls take turns (a lock), results equal a lone call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, val = world
+    det = DeployedDetector(export_folder())
+    det.warmup(iterations=2)
+    image = _val_images(val)[0]
+    alone = det.detect(image)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: det.detect(image), range(8)))
+    for found in results:
+        np.testing.assert_array_equal(found.boxes, alone.boxes)
+        np.testing.assert_array_equal(found.scores, alone.scores)

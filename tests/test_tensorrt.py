@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.deploy.manifest import artifact_entry, check_engine_compat, sha256
-from pipeline.deploy.tensorrt_build import build_engines, tensorrt_unavailable
+from pipeline.deploy.tensorrt_build import build_engines, profile_shapes, tensorrt_unavailable
 from pipeline.errors import UserError
 
 ENTRY = {"kind": "engine", "precision": "fp16", "tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 PCIe",
@@ -23,7 +23,7 @@ def test_without_tensorrt_the_build_writes_a_skip_record_and_no_engine(tmp_path,
     monkeypatch.setitem(sys.modules, "tensorrt", None)          # import tensorrt -> ImportError
     reason = tensorrt_unavailable()
     assert reason is not None and "tensorrt is not installed" in reason
-    record, entries = build_engines(tmp_path, {"fp32": "model.onnx"}, (64, 192), 8, 1, 1024)
+    record, entries = build_engines(tmp_path, {"fp32": "model.onnx"}, profile_shapes([0, 3, 64, 192], True, 8, 1), 1024)
     assert record == {"skipped": reason} and entries == {}
     assert list(tmp_path.iterdir()) == []
 
@@ -72,9 +72,47 @@ def test_engine_build_with_tensorrt(tmp_path):  # pragma: no cover - needs Tenso
     import shutil
 
     shutil.copytree(export_folder(), folder)
-    record, entries = build_engines(folder, {"fp16": "model-fp16.onnx"}, (64, 192), 4, 1, 1024)
+    record, entries = build_engines(folder, {"fp16": "model-fp16.onnx"}, profile_shapes(["N", 3, 64, 192], True, 4, 1),
+                                    1024)
     assert record["engines"] == ["model-fp16.engine"]
     import tensorrt
 
     assert entries["model-fp16.engine"]["tensorrt_version"] == tensorrt.__version__
     assert (folder / "model-fp16.engine").read_bytes()[:4] != b"{\"ar"     # a pure plan, no json prepended
+
+
+def test_profile_shapes_follow_the_export():
+    """A fixed-batch export gets a fixed profile; a dynamic one 1..max with opt clamped."""
+    assert profile_shapes([1, 3, 96, 320], False, 8, 1) == {"min": [1, 3, 96, 320], "opt": [1, 3, 96, 320],
+                                                           "max": [1, 3, 96, 320]}
+    assert profile_shapes(["N", 3, 96, 320], True, 8, 4) == {"min": [1, 3, 96, 320], "opt": [4, 3, 96, 320],
+                                                            "max": [8, 3, 96, 320]}
+    assert profile_shapes(["N", 3, 96, 320], True, 2, 16)["opt"] == [2, 3, 96, 320]
+    with pytest.raises(UserError, match="needs a fixed batch"):
+        profile_shapes(["N", 3, 96, 320], False, 8, 1)
+
+
+def test_device_buffers_are_allocated_once_per_shape_and_grow_only_when_needed():
+    from pipeline.deploy.runtime import DeviceBuffers
+
+    calls, freed = [], []
+    buffers = DeviceBuffers(lambda n: calls.append(n) or len(calls), freed.append)
+    first = buffers.get("images", 1000)
+    assert [buffers.get("images", 1000) for _ in range(5)] == [first] * 5        # steady state: no allocation
+    assert buffers.get("images", 400) == first and calls == [1000]                # a smaller batch reuses it
+    grown = buffers.get("images", 4000)
+    assert grown != first and freed == [first] and calls == [1000, 4000]
+    buffers.get("boxes", 0)                                                        # empty outputs still get a pointer
+    buffers.release()
+    assert sorted(freed) == sorted([first, grown, 3]) and calls[-1] == 1
+
+
+def test_ort_tensorrt_provider_keeps_its_engine_cache_in_the_export_folder(tmp_path):
+    from pipeline.deploy.runtime import provider_settings
+
+    settings = provider_settings(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                                 tmp_path / "ort-trt-cache")
+    name, options = settings[0]
+    assert name == "TensorrtExecutionProvider" and options["trt_engine_cache_enable"] == "True"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "ort-trt-cache") == options["trt_timing_cache_path"]
+    assert settings[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -23,7 +23,7 @@ from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write
 from pipeline.deploy.parity import ParityTolerance, backend_detections, check_parity, parity_report
 from pipeline.deploy.precision import artifact_name, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
-from pipeline.deploy.tensorrt_build import build_engines
+from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
 from pipeline.engine.inference import predict_dataset
 from pipeline.errors import UserError
 from pipeline.metrics import evaluate_detections
@@ -104,12 +104,14 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
 
     trt = deploy.tensorrt
     onnx_files = {entry["precision"]: name for name, entry in artifacts.items()}
-    tensorrt, engines = build_engines(folder, onnx_files, input_hw, trt.max_batch, trt.opt_batch, trt.workspace_mib)
+    h, w = input_hw
+    shapes = profile_shapes([0 if deploy.dynamic_batch else 1, 3, h, w], deploy.dynamic_batch, trt.max_batch,
+                            trt.opt_batch)
+    tensorrt, engines = build_engines(folder, onnx_files, shapes, trt.workspace_mib)
     for entry in engines.values():  # pragma: no cover - needs TensorRT and a GPU
         entry["recipe"] = artifacts[entry["source_onnx"]]["recipe"]
     artifacts.update(engines)
 
-    h, w = input_hw
     inp = params.input
     manifest = {
         "format": FORMAT,

@@ -14,11 +14,19 @@ TensorRT version and the GPU.
 
 ONNX Runtime execution providers: TensorRT, then CUDA, then CPU, whichever are available
 (``providers=`` overrides); ``providers`` afterwards lists the ones the session really uses
-(onnxruntime-gpu without a GPU silently falls back to CPU).
+(onnxruntime-gpu without a GPU silently falls back to CPU). ONNX Runtime's TensorRT provider keeps
+its engines and timing cache in ``<export folder>/ort-trt-cache/``, so only the first start
+builds them.
+
+Threads: a detector holds one session (or one TensorRT execution context and CUDA stream) and
+serialises its calls with a lock, so it can be shared; for inference in parallel, give each
+thread its own ``DeployedDetector``. ``warmup()`` runs the model once per shape before the first
+frame that matters (lazy initialisation, engine build of the ORT TensorRT provider).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +37,45 @@ from pipeline.deploy.manifest import artifact_entry, check_engine_compat, read_m
 from pipeline.errors import UserError
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ORT_TRT_CACHE = "ort-trt-cache"
+
+
+def provider_settings(wanted: Sequence[str], cache_dir: Path) -> list[str | tuple[str, dict[str, str]]]:
+    """ONNX Runtime's ``providers`` argument: the TensorRT provider with its engine and timing
+    caches in ``cache_dir`` (built once, reused at every start), the others as they are."""
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in wanted:
+        if name == "TensorrtExecutionProvider":
+            out.append((name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir),
+                               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache_dir)}))
+        else:
+            out.append(name)
+    return out
+
+
+class DeviceBuffers:
+    """Device memory per tensor name, allocated once and grown only when a larger tensor comes,
+    so steady-state calls allocate nothing (``malloc(nbytes) -> pointer``, ``free(pointer)``)."""
+
+    def __init__(self, malloc: Callable[[int], int], free: Callable[[int], object]) -> None:
+        self._malloc, self._free = malloc, free
+        self._held: dict[str, tuple[int, int]] = {}
+
+    def get(self, name: str, nbytes: int) -> int:
+        """A pointer to at least ``nbytes`` bytes for ``name``."""
+        held = self._held.get(name)
+        if held is not None and held[1] >= nbytes:
+            return held[0]
+        if held is not None:
+            self._free(held[0])
+        pointer = self._malloc(max(int(nbytes), 1))
+        self._held[name] = (pointer, max(int(nbytes), 1))
+        return pointer
+
+    def release(self) -> None:
+        for pointer, _ in self._held.values():
+            self._free(pointer)
+        self._held.clear()
 
 
 @dataclass(frozen=True)
@@ -120,8 +167,11 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if "TensorrtExecutionProvider" in wanted:
+            (Path(path).parent / ORT_TRT_CACHE).mkdir(exist_ok=True)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=wanted)
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=provider_settings(wanted, Path(path).parent / ORT_TRT_CACHE))
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise UserError(f"{path}: onnxruntime cannot load it ({first}); the file is truncated or "
@@ -154,12 +204,19 @@ class TensorRTBackend:  # pragma: no cover
         name, capability = gpu_identity(cudart)
         check_engine_compat(entry, path.name, trt.__version__, name, capability)
         self._trt, self._cudart = trt, cudart
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        logger = trt.Logger(trt.Logger.WARNING)
+        from pipeline.deploy.tensorrt_build import init_plugins
+
+        init_plugins(trt, logger)                  # before deserialising: ROIAlign is a plugin
+        self._runtime = trt.Runtime(logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise UserError(f"{path}: TensorRT could not deserialise the engine; rebuild it (dvc repro export)")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise UserError(f"{path}: TensorRT could not create an execution context (GPU memory?)")
         self.stream = _check(cudart.cudaStreamCreate())
+        self.buffers = DeviceBuffers(lambda n: _check(cudart.cudaMalloc(n)), cudart.cudaFree)
         self.providers = [f"TensorRT {trt.__version__}"]
 
     def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
@@ -167,28 +224,25 @@ class TensorRTBackend:  # pragma: no cover
         host = {"images": np.ascontiguousarray(images, np.float32),
                 "image_sizes": np.ascontiguousarray(sizes, np.float32)}
         for name, array in host.items():
-            self.context.set_input_shape(name, array.shape)
+            if not self.context.set_input_shape(name, array.shape):
+                raise UserError(f"TensorRT refused input {name} of shape {array.shape}: outside the engine's "
+                                "optimisation profile (manifest: profile)")
         outputs = {}
         for name in ("num_dets", "boxes", "scores", "labels"):
             shape = tuple(self.context.get_tensor_shape(name))
             outputs[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-        device = {}
-        try:
-            for name, array in {**host, **outputs}.items():
-                device[name] = _check(cudart.cudaMalloc(max(array.nbytes, 1)))
-                self.context.set_tensor_address(name, device[name])
-            for name, array in host.items():
-                _check(cudart.cudaMemcpyAsync(device[name], array.ctypes.data, array.nbytes,
-                                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
-            if not self.context.execute_async_v3(self.stream):
-                raise UserError("TensorRT execution failed; rebuild the engine on this machine")
-            for name, array in outputs.items():
-                _check(cudart.cudaMemcpyAsync(array.ctypes.data, device[name], array.nbytes,
-                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-            _check(cudart.cudaStreamSynchronize(self.stream))
-        finally:
-            for pointer in device.values():
-                cudart.cudaFree(pointer)
+        for name, array in {**host, **outputs}.items():
+            if not self.context.set_tensor_address(name, self.buffers.get(name, array.nbytes)):
+                raise UserError(f"TensorRT refused the device address of {name}")
+        for name, array in host.items():
+            _check(cudart.cudaMemcpyAsync(self.buffers.get(name, array.nbytes), array.ctypes.data, array.nbytes,
+                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        if not self.context.execute_async_v3(self.stream):
+            raise UserError("TensorRT execution failed; rebuild the engine on this machine")
+        for name, array in outputs.items():
+            _check(cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers.get(name, array.nbytes), array.nbytes,
+                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+        _check(cudart.cudaStreamSynchronize(self.stream))
         return [outputs["num_dets"], outputs["boxes"], outputs["scores"], outputs["labels"]]
 
 
@@ -251,6 +305,16 @@ class DeployedDetector:
                 raise UserError(f"{self.path}: graph input images {shape} does not match the manifest's "
                                 f"input.shape {self.manifest['input']['shape']}; re-run the export stage")
         self.providers = list(self.backend.providers)
+        self._lock = threading.Lock()
+
+    def warmup(self, iterations: int = 3, batch: int = 1) -> None:
+        """Run ``iterations`` calls on a blank batch of ``batch`` images (first-call costs out of
+        the way before the first real frame)."""
+        h, w = self.input_hw
+        images = np.zeros((batch, 3, h, w), np.float32)
+        sizes = np.tile(np.array([[h, w]], np.float32), (batch, 1))
+        for _ in range(int(iterations)):
+            self.run(images, sizes)
 
     def preprocess(self, image: np.ndarray) -> Prepared:
         """See :func:`preprocess`."""
@@ -279,7 +343,8 @@ class DeployedDetector:
         if n == 0:
             return [np.zeros((0, 1), np.int32), np.zeros((0, 0, 4), np.float32), np.zeros((0, 0), np.float32),
                     np.zeros((0, 0), np.int64)]
-        return self.backend.run(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(sizes, np.float32))
+        with self._lock:   # one session / execution context and stream: calls take turns
+            return self.backend.run(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(sizes, np.float32))
 
     def detect_batch(self, images: Sequence[np.ndarray], score_threshold: float = 0.0,
                      bgr: bool = False) -> list[ImageDetections]:

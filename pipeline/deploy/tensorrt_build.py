@@ -2,8 +2,9 @@
 
 Precision lives in the ONNX (fp16 casts, int8 Q/DQ), so every network is built STRONGLY_TYPED:
 TensorRT 11 removed the FP16/INT8 builder flags and calibrators. The ONNX ``NonMaxSuppression``
-maps to TensorRT's native NMS layer. Each build uses an optimisation profile over the batch
-dimension and a timing cache; the plan is written as is (``model-<precision>.engine``, no
+maps to TensorRT's native NMS layer; RoiAlign to the ROIAlign plugin, so the plugin library is
+initialised first. Each build uses an optimisation profile over the batch dimension (fixed for a
+fixed-batch export, :func:`profile_shapes`) and a timing cache; the plan is written as is (``model-<precision>.engine``, no
 metadata prepended) and described by an entry of ``manifest.json``.
 
 Without TensorRT or a GPU, :func:`build_engines` returns ``{"skipped": "<why>"}`` instead of
@@ -39,6 +40,26 @@ def skipped_record(reason: str) -> dict[str, str]:
     return {"skipped": reason}
 
 
+def profile_shapes(input_shape: list[int] | tuple[int, ...], dynamic_batch: bool, max_batch: int,
+                   opt_batch: int) -> dict[str, list[int]]:
+    """The optimisation profile of the ``images`` input: ``{min, opt, max}``, each ``[N, 3, H, W]``.
+
+    A fixed-batch export (``dynamic_batch: false``) gets its own batch for all three, so TensorRT
+    never plans for shapes the graph cannot take; a dynamic one gets ``1 .. max_batch`` with
+    ``opt_batch`` clamped into that range. ``image_sizes`` follows with ``[N, 2]``.
+    """
+    n, c, h, w = (int(v) if isinstance(v, int) or str(v).isdigit() else -1 for v in input_shape)
+    if not dynamic_batch:
+        if n < 1:
+            raise UserError(f"a fixed-batch export needs a fixed batch in its input shape, got {list(input_shape)}")
+        fixed = [n, c, h, w]
+        return {"min": fixed, "opt": fixed, "max": fixed}
+    if max_batch < 1:
+        raise UserError(f"deploy.tensorrt.max_batch = {max_batch} must be >= 1")
+    opt = min(max(1, opt_batch), max_batch)
+    return {"min": [1, c, h, w], "opt": [opt, c, h, w], "max": [max_batch, c, h, w]}
+
+
 # ---------------------------------------------------------------------------------------------
 # NOT EXECUTED ON THE PROJECT'S MACHINES (no TensorRT, no GPU): everything below this line.
 # Written against the documented TensorRT 10/11 Python API; reviewed, not run. The pure-python
@@ -46,17 +67,27 @@ def skipped_record(reason: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_engine(onnx_path: Path, engine_path: Path, input_hw: tuple[int, int], max_batch: int,
-                 opt_batch: int, workspace_mib: int, cache_path: Path) -> dict[str, Any]:  # pragma: no cover
+def init_plugins(trt, logger) -> None:  # pragma: no cover
+    """Register TensorRT's plugin library (ROIAlign for Faster R-CNN's RoiAlign lives there)."""
+    if not trt.init_libnvinfer_plugins(logger, ""):
+        raise UserError("TensorRT could not initialise its plugin library (libnvinfer_plugin); check the "
+                        "TensorRT installation")
+
+
+def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, list[int]], workspace_mib: int,
+                 cache_path: Path) -> dict[str, Any]:  # pragma: no cover
     """Parse ``onnx_path`` into a strongly typed network and serialise its plan to ``engine_path``.
 
-    Returns the engine's manifest entry (without precision/recipe, which the caller adds).
+    ``shapes``: the ``images`` profile of :func:`profile_shapes`. Every TensorRT call that
+    reports failure through its return value is checked. Returns the engine's manifest entry
+    (without precision/recipe, which the caller adds).
     """
     import tensorrt as trt
 
     from pipeline.deploy.runtime import _cudart, gpu_identity
 
     logger = trt.Logger(trt.Logger.WARNING)
+    init_plugins(trt, logger)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -65,13 +96,17 @@ def build_engine(onnx_path: Path, engine_path: Path, input_hw: tuple[int, int], 
         raise UserError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[:300]}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    h, w = input_hw
     profile = builder.create_optimization_profile()
-    profile.set_shape("images", (1, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w))
-    profile.set_shape("image_sizes", (1, 2), (opt_batch, 2), (max_batch, 2))
-    config.add_optimization_profile(profile)
+    profile.set_shape("images", *(tuple(shapes[k]) for k in ("min", "opt", "max")))
+    profile.set_shape("image_sizes", *((shapes[k][0], 2) for k in ("min", "opt", "max")))
+    if not profile:   # an IOptimizationProfile is falsy when its shapes are inconsistent
+        raise UserError(f"{onnx_path}: TensorRT rejected the optimisation profile {shapes}")
+    if config.add_optimization_profile(profile) < 0:
+        raise UserError(f"{onnx_path}: TensorRT could not add the optimisation profile {shapes}")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise UserError(f"{cache_path}: TensorRT refused the timing cache (from another TensorRT or GPU?); "
+                        "delete it and rebuild")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UserError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
@@ -81,13 +116,14 @@ def build_engine(onnx_path: Path, engine_path: Path, input_hw: tuple[int, int], 
     return {"kind": "engine", "source_onnx": onnx_path.name, "onnx_sha256": sha256(onnx_path),
             "sha256": sha256(engine_path), "tensorrt_version": trt.__version__, "gpu_name": gpu_name,
             "compute_capability": capability, "strongly_typed": True,
-            "profile": {"min": [1, 3, h, w], "opt": [opt_batch, 3, h, w], "max": [max_batch, 3, h, w]},
+            "profile": shapes,
             "timing_cache": cache_path.name, "workspace_mib": workspace_mib}
 
 
-def build_engines(folder: Path, onnx_files: dict[str, str], input_hw: tuple[int, int], max_batch: int,
-                  opt_batch: int, workspace_mib: int) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Build ``model-<precision>.engine`` for each ``precision -> onnx file`` in ``folder``.
+def build_engines(folder: Path, onnx_files: dict[str, str], shapes: dict[str, list[int]],
+                  workspace_mib: int) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Build ``model-<precision>.engine`` for each ``precision -> onnx file`` in ``folder``, all
+    with the ``images`` profile ``shapes`` (:func:`profile_shapes`).
 
     Returns the manifest's ``tensorrt`` record and the new artifact entries (file -> entry);
     ``({"skipped": why}, {})`` when TensorRT or a GPU is missing.
@@ -100,8 +136,7 @@ def build_engines(folder: Path, onnx_files: dict[str, str], input_hw: tuple[int,
     entries = {}  # pragma: no cover
     for precision, onnx_name in onnx_files.items():  # pragma: no cover
         engine = folder / f"model-{precision}.engine"
-        entry = build_engine(folder / onnx_name, engine, input_hw, max_batch, opt_batch, workspace_mib,
-                             folder / "timing.cache")
+        entry = build_engine(folder / onnx_name, engine, shapes, workspace_mib, folder / "timing.cache")
         entries[engine.name] = {**entry, "precision": precision}
     first = next(iter(entries.values()), {})  # pragma: no cover
     return {"tensorrt_version": trt.__version__, "gpu_name": first.get("gpu_name"),  # pragma: no cover
