@@ -450,3 +450,39 @@ def test_benchmark_refuses_a_file_that_is_not_the_one_the_manifest_describes(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model-int8.onnx: sha256 differs from the manifest's" in err[0]
     assert not (root / "metrics" / "benchmark" / "tiny" / "gfl" / "baseline-resnet18.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", ["gfl", "faster_rcnn"])
+def test_reduced_precision_covers_every_conv_and_gemm_and_keeps_boxes_in_fp32(tmp_path, detector):
+    """fp16 and int8 select the network by op type: every Conv and Gemm of both detectors (the
+    RPN head and the RoI box head of Faster R-CNN included) runs reduced, while NMS and RoIAlign
+    read float32 boxes (the name scopes used before missed the RPN and box heads)."""
+    from pipeline.deploy.precision import to_fp16, to_int8
+
+    export_onnx(tiny_model(detector), tmp_path / "model.onnx", INPUT.padded_shape, simplify=True)
+    to_fp16(tmp_path / "model.onnx", tmp_path / "model-fp16.onnx")
+    rng = np.random.default_rng(0)
+    feeds = ({"images": rng.standard_normal((1, 3, *INPUT.padded_shape)).astype(np.float32),
+              "image_sizes": np.array([INPUT.padded_shape], np.float32)} for _ in range(2))
+    to_int8(tmp_path / "model.onnx", tmp_path / "model-int8.onnx", feeds, 2)
+    layers = [n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.op_type in ("Conv", "Gemm")]
+    gemms = sum(n.op_type == "Gemm" for n in layers)
+    assert gemms == (4 if detector == "faster_rcnn" else 0)        # fc6, fc7, cls_score, bbox_pred
+
+    half = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "model-fp16.onnx"))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*half.value_info, *half.input]}
+    types.update({t.name: t.data_type for t in half.initializer})
+    reduced = [n for n in half.node if n.op_type in ("Conv", "Gemm") and types.get(n.input[0]) == onnx.TensorProto.FLOAT16]
+    assert len(reduced) == len(layers), f"{len(reduced)} of {len(layers)} Conv/Gemm in fp16"
+    for node in half.node:
+        if node.op_type in ("NonMaxSuppression", "RoiAlign"):
+            assert all(types.get(i) == onnx.TensorProto.FLOAT for i in node.input[:2] if i), node.name
+
+    quant = onnx.load(str(tmp_path / "model-int8.onnx")).graph
+    dequantized = {o for n in quant.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8 = [n for n in quant.node if n.op_type in ("Conv", "Gemm") and n.input[0] in dequantized]
+    assert len(int8) == len(layers), f"{len(int8)} of {len(layers)} Conv/Gemm in int8"
+    for node in quant.node:     # boxes never pass through int8 (RoIAlign's features may: they are FPN outputs)
+        boxes = node.input if node.op_type == "NonMaxSuppression" else node.input[1:] if node.op_type == "RoiAlign" else []
+        assert not set(boxes) & dequantized, node.name

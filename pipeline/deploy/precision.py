@@ -1,10 +1,13 @@
 """Precision variants decided in the ONNX graph, as TensorRT 10/11 strongly typed networks need.
 
 * ``fp32``: the exported graph as is.
-* ``fp16``: the network part (nodes under the ``/backbone``, ``/neck`` and head-tower scopes)
-  converted to float16 (:func:`convert_region_to_fp16`), inputs and outputs kept float32; the score
-  sigmoid, GFL's distribution integral (softmax expectation, GFL Eq. 5), box decoding, top-k,
-  NMS (and Faster R-CNN's RPN decode and RoIAlign) stay float32.
+* ``fp16``: the network part converted to float16 (:func:`convert_region_to_fp16`), inputs and
+  outputs kept float32. The network is selected by op type (:func:`network_nodes`), not by the
+  exporter's node names, so both detectors' layers are covered whatever the module paths: every
+  Conv and Gemm (backbone, FPN, GFL's towers, Faster R-CNN's RPN head and RoI box head), their
+  Relu/MaxPool/Resize/Flatten, and the Adds of residual and top-down paths. The score sigmoid,
+  GFL's distribution integral (softmax expectation, GFL Eq. 5), box decoding, top-k, NMS and
+  RoIAlign (boxes and all) stay float32.
 * ``int8``: explicit Q/DQ from onnxruntime's post-training ``quantize_static`` (QDQ format,
   symmetric int8 activations and per-channel symmetric int8 weights, biases left float32, as
   TensorRT's ONNX parser requires: a DequantizeLinear there takes int8 input only, and
@@ -25,11 +28,10 @@ import onnx
 from pipeline.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-# Node-name scopes (module paths from the exporter) that hold the network's layers. The
-# Faster R-CNN RPN head and box head (fully connected) count as network; decoding does not.
-NETWORK_SCOPES = ("/backbone/", "/neck/", "/head/cls_convs", "/head/reg_convs", "/head/gfl_cls", "/head/gfl_reg",
-                  "/head/scales", "/rpn/head/", "/roi/box_head/", "/roi/box_predictor/")
-QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+#: The layers of the network (post-processing has none of these ops in either detector).
+LAYER_OPS = ("Conv", "Gemm", "Relu", "MaxPool", "Resize", "Flatten")
+#: What int8 quantises (TensorRT runs these in int8 given Q/DQ on their inputs).
+QUANTIZED_OPS = ("Conv", "Gemm")
 
 
 def artifact_name(precision: str) -> str:
@@ -40,8 +42,24 @@ def artifact_name(precision: str) -> str:
 
 
 def network_nodes(graph: onnx.ModelProto) -> list[str]:
-    """Names of the nodes inside the network scopes (everything else is post-processing)."""
-    return [n.name for n in graph.graph.node if n.name.startswith(NETWORK_SCOPES)]
+    """Names of the network's nodes, by op type: every :data:`LAYER_OPS` node, and every ``Add``
+    whose non-constant inputs all come from network nodes (residual and FPN top-down sums; a
+    box-decoding Add reads decoding tensors and stays out). Everything else is post-processing."""
+    nodes = list(graph.graph.node)
+    constants = {t.name for t in graph.graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    chosen = {n.name for n in nodes if n.op_type in LAYER_OPS}
+    produced_by = {o: n.name for n in nodes for o in n.output}
+    changed = True
+    while changed:      # an Add feeding another network Add (chains of sums)
+        changed = False
+        for n in nodes:
+            if n.op_type != "Add" or n.name in chosen:
+                continue
+            sources = [produced_by.get(i) for i in n.input if i and i not in constants]
+            if sources and all(s in chosen for s in sources):
+                chosen.add(n.name)
+                changed = True
+    return [n.name for n in nodes if n.name in chosen]
 
 
 # inputs that must keep their own type in a float16 region (Resize's roi and scales)
@@ -128,7 +146,7 @@ def to_fp16(src: Path, dst: Path) -> dict:
     onnx.save(converted, str(dst), save_as_external_data=False)
     halves = sum(1 for n in converted.graph.node if n.output and n.output[0].endswith("__fp16"))
     return {"precision": "fp16", "tool": "pipeline.deploy.precision.convert_region_to_fp16", "io": "float32",
-            "float16_nodes": halves,
+            "float16_nodes": halves, "selection": f"op types {', '.join(LAYER_OPS)} and the Adds between them",
             "float32_kept": "sigmoid, distribution integral, box decode, top-k, NMS, RoIAlign, GroupNorm statistics"}
 
 
@@ -159,7 +177,7 @@ def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_im
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     graph = onnx.load(str(src))
-    nodes = [n.name for n in graph.graph.node if n.name.startswith(NETWORK_SCOPES) and n.op_type in QUANTIZED_OPS]
+    nodes = [n.name for n in graph.graph.node if n.op_type in QUANTIZED_OPS]
     quantize_static(
         str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
