@@ -483,6 +483,10 @@ def test_reduced_precision_covers_every_conv_and_gemm_and_keeps_boxes_in_fp32(tm
     dequantized = {o for n in quant.node if n.op_type == "DequantizeLinear" for o in n.output}
     int8 = [n for n in quant.node if n.op_type in ("Conv", "Gemm") and n.input[0] in dequantized]
     assert len(int8) == len(layers), f"{len(int8)} of {len(layers)} Conv/Gemm in int8"
+    from pipeline.deploy.trt_readiness import check_graph
+    for variant in ("model.onnx", "model-fp16.onnx", "model-int8.onnx"):      # TensorRT's parser would take all
+        record = check_graph(tmp_path / variant)
+        assert record["ready"], (variant, record["problems"][:3])
     for node in quant.node:     # boxes never pass through int8 (RoIAlign's features may: they are FPN outputs)
         boxes = node.input if node.op_type == "NonMaxSuppression" else node.input[1:] if node.op_type == "RoiAlign" else []
         assert not set(boxes) & dequantized, node.name

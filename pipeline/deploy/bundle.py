@@ -24,6 +24,7 @@ from pipeline.deploy.parity import ParityTolerance, backend_detections, check_pa
 from pipeline.deploy.precision import artifact_name, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
+from pipeline.deploy.trt_readiness import check_graph, require_ready
 from pipeline.engine.inference import predict_dataset
 from pipeline.errors import UserError
 from pipeline.metrics import evaluate_detections
@@ -100,6 +101,10 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
             evaluation["delta_mAP50_vs_fp32"] = evaluation["mAP50"] - onnx_eval["mAP50"]
         artifacts[path.name] = {"kind": "onnx", "precision": precision, "recipe": recipe, "eval": evaluation}
     for name, entry in artifacts.items():
+        # every ONNX variant here is meant for TensorRT too: it must pass the parser's rules
+        entry["runtime"] = "tensorrt, onnxruntime"
+        entry["tensorrt_readiness"] = check_graph(folder / name)
+        require_ready(folder / name, entry["tensorrt_readiness"])
         entry["sha256"] = sha256(folder / name)
 
     trt = deploy.tensorrt

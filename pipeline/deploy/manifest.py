@@ -14,7 +14,9 @@ prepended to the artifacts themselves (TensorRT plans stay pure)::
     nms             score/IoU thresholds, K, pre-NMS top-k, class-aware
     exporter        torch / onnx versions, opset, IR version, simplified
     parity          the parity gate's result and tolerances
-    artifacts       file name -> {kind: onnx|engine, precision, sha256, recipe, eval | skipped, ...}
+    artifacts       file name -> {kind: onnx|engine, precision, sha256, recipe, eval | skipped, runtime
+                    (what the file is for), tensorrt_readiness (ONNX files: the TensorRT 10 parser
+                    check, pipeline/deploy/trt_readiness.py), profile (engines), ...}
     tensorrt        {"skipped": why} or the build environment (version, GPU, compute capability)
 
 Pure python and json only: the runtime imports this module, and the runtime must not import torch.
