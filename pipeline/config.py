@@ -298,7 +298,8 @@ class DeployParams(Record):
 
     models: Annotated[tuple[Annotated[str, Field(pattern=EXPORT_MODEL_NAME)], ...], Field(min_length=1)] = (
         "baseline-resnet18", "baseline-resnet50")
-    precisions: Annotated[tuple[Literal["fp32", "fp16", "int8"], ...], Field(min_length=1)] = ("fp32", "fp16", "int8")
+    precisions: Annotated[tuple[Literal["fp32", "fp16", "int8", "int8_cpu"], ...], Field(min_length=1)] = (
+        "fp32", "fp16", "int8", "int8_cpu")
     opset: Annotated[int, Field(ge=17, le=23)] = 17
     dynamic_batch: bool = True
     simplify: bool = True

@@ -305,7 +305,7 @@ def test_bundle_writes_gated_variants_and_manifest():
     folder = export_folder()
     manifest = read_manifest(folder)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "manifest.json", "model-fp16.onnx", "model-int8.onnx", "model.onnx"]
+        "manifest.json", "model-fp16.onnx", "model-int8-cpu.onnx", "model-int8.onnx", "model.onnx"]
     assert manifest["parity"]["mAP50_abs_diff"] <= 0.1 and manifest["parity"]["detections"] > 0
     assert manifest["parity"]["unexplained_unmatched"] == 0
     assert manifest["class_names"] == list(CLASSES)
@@ -322,6 +322,24 @@ def test_bundle_writes_gated_variants_and_manifest():
     assert manifest["artifacts"]["model.onnx"]["eval"]["mAP50"] == pytest.approx(manifest["pytorch"]["mAP50"],
                                                                                  abs=0.1)
     assert manifest["artifacts"]["model-int8.onnx"]["recipe"]["calibration_images"] == 4
+
+
+def test_cpu_int8_variant_is_onnxruntimes_uint8_form_and_is_not_sent_to_tensorrt():
+    """model-int8-cpu.onnx: uint8 activations, int8 per-channel weights (the form ONNX Runtime
+    fuses into integer kernels on x86), evaluated on val like every variant, and marked for
+    ONNX Runtime only: no readiness record (its zero points are invalid for TensorRT)."""
+    folder = export_folder()
+    entry = read_manifest(folder)["artifacts"]["model-int8-cpu.onnx"]
+    assert entry["runtime"] == "onnxruntime-cpu" and "tensorrt_readiness" not in entry
+    assert entry["recipe"]["activations"].startswith("uint8") and entry["recipe"]["target"] == "onnxruntime-cpu"
+    assert 0.0 <= entry["eval"]["mAP50"] <= 100.0 and "delta_mAP50_vs_fp32" in entry["eval"]
+    graph = onnx.load(str(folder / "model-int8-cpu.onnx")).graph
+    inits = {t.name: t for t in graph.initializer}
+    zero_types = {inits[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert zero_types == {onnx.TensorProto.UINT8}
+    weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weights, "int8 weights"
 
 
 @pytest.mark.slow

@@ -83,7 +83,7 @@ def test_export_stops_with_one_line_when_a_variant_would_not_parse(tmp_path, mon
     from stages import export as export_stage
     from test_export import RUN, built_repo, chdir
 
-    def int32_bias_int8(src, dst, feeds, count, method="minmax"):
+    def int32_bias_int8(src, dst, feeds, count, method="minmax", target="tensorrt"):
         from pipeline.deploy.precision import _Reader
         quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
@@ -108,6 +108,8 @@ def test_the_export_records_readiness_and_runtime_per_variant():
 
     manifest = json.loads((export_folder() / "manifest.json").read_text())
     for name, entry in manifest["artifacts"].items():
+        if name == "model-int8-cpu.onnx":
+            continue                                   # for ONNX Runtime on a CPU only
         assert entry["runtime"] == "tensorrt, onnxruntime", name
         assert entry["tensorrt_readiness"]["ready"] and entry["tensorrt_readiness"]["problems"] == [], name
         assert "TensorRT 10" in entry["tensorrt_readiness"]["source"]

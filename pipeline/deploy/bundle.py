@@ -21,7 +21,7 @@ from pipeline.data.dataset import CuratedDataset
 from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write_manifest
 from pipeline.deploy.parity import ParityTolerance, backend_detections, check_parity, parity_report
-from pipeline.deploy.precision import artifact_name, to_fp16, to_int8
+from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
 from pipeline.deploy.trt_readiness import check_graph, require_ready
@@ -95,20 +95,22 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
             recipe = to_fp16(fp32, path)
         else:
             train_feeds, count = calibration_feeds(train, deploy.calib_images)
-            recipe = to_int8(fp32, path, train_feeds, count, deploy.calib_method)
+            recipe = to_int8(fp32, path, train_feeds, count, deploy.calib_method,
+                             "cpu" if precision == "int8_cpu" else "tensorrt")
         evaluation, _ = _evaluate_onnx(path, val, batch_size, None)
         if "mAP50" in evaluation:
             evaluation["delta_mAP50_vs_fp32"] = evaluation["mAP50"] - onnx_eval["mAP50"]
         artifacts[path.name] = {"kind": "onnx", "precision": precision, "recipe": recipe, "eval": evaluation}
     for name, entry in artifacts.items():
-        # every ONNX variant here is meant for TensorRT too: it must pass the parser's rules
-        entry["runtime"] = "tensorrt, onnxruntime"
-        entry["tensorrt_readiness"] = check_graph(folder / name)
-        require_ready(folder / name, entry["tensorrt_readiness"])
+        entry["runtime"] = runtime_of(entry["precision"])
+        if entry["precision"] in TENSORRT_PRECISIONS:     # meant for TensorRT: its parser's rules apply
+            entry["tensorrt_readiness"] = check_graph(folder / name)
+            require_ready(folder / name, entry["tensorrt_readiness"])
         entry["sha256"] = sha256(folder / name)
 
     trt = deploy.tensorrt
-    onnx_files = {entry["precision"]: name for name, entry in artifacts.items()}
+    onnx_files = {entry["precision"]: name for name, entry in artifacts.items()
+                  if entry["precision"] in TENSORRT_PRECISIONS}
     h, w = input_hw
     shapes = profile_shapes([0 if deploy.dynamic_batch else 1, 3, h, w], deploy.dynamic_batch, trt.max_batch,
                             trt.opt_batch)

@@ -8,6 +8,10 @@
   Relu/MaxPool/Resize/Flatten, and the Adds of residual and top-down paths. The score sigmoid,
   GFL's distribution integral (softmax expectation, GFL Eq. 5), box decoding, top-k, NMS and
   RoIAlign (boxes and all) stay float32.
+* ``int8_cpu`` (``model-int8-cpu.onnx``): ONNX Runtime's fast CPU form, uint8 activations
+  (asymmetric, zero points allowed) and per-channel int8 weights, int32 biases: on x86 ONNX
+  Runtime fuses every such Conv into an integer kernel (with int8 activations most stay float).
+  Non-zero zero points are invalid for TensorRT, hence a file of its own, for ONNX Runtime only.
 * ``int8``: explicit Q/DQ from onnxruntime's post-training ``quantize_static`` (QDQ format,
   symmetric int8 activations and per-channel symmetric int8 weights, biases left float32, as
   TensorRT's ONNX parser requires: a DequantizeLinear there takes int8 input only, and
@@ -27,7 +31,10 @@ import onnx
 
 from pipeline.errors import UserError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")
+#: The variants meant for TensorRT (checked against its parser, built into engines); the others
+#: are for ONNX Runtime on a CPU only.
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 #: The layers of the network (post-processing has none of these ops in either detector).
 LAYER_OPS = ("Conv", "Gemm", "Relu", "MaxPool", "Resize", "Flatten")
 #: What int8 quantises (TensorRT runs these in int8 given Q/DQ on their inputs).
@@ -35,10 +42,16 @@ QUANTIZED_OPS = ("Conv", "Gemm")
 
 
 def artifact_name(precision: str) -> str:
-    """ONNX file name of a precision variant: ``model.onnx`` for fp32, else ``model-<p>.onnx``."""
+    """ONNX file name of a precision variant: ``model.onnx`` for fp32, else ``model-<p>.onnx``
+    (``int8_cpu`` -> ``model-int8-cpu.onnx``)."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    return "model.onnx" if precision == "fp32" else f"model-{precision}.onnx"
+    return "model.onnx" if precision == "fp32" else f"model-{precision.replace('_', '-')}.onnx"
+
+
+def runtime_of(precision: str) -> str:
+    """Which runtimes a variant is for (the manifest's ``runtime``)."""
+    return "tensorrt, onnxruntime" if precision in TENSORRT_PRECISIONS else "onnxruntime-cpu"
 
 
 def network_nodes(graph: onnx.ModelProto) -> list[str]:
@@ -164,13 +177,15 @@ class _Reader:
 
 
 def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_images: int,
-            method: str = "minmax") -> dict:
+            method: str = "minmax", target: str = "tensorrt") -> dict:
     """Write the INT8 QDQ variant of ``src`` to ``dst``, calibrated on ``feeds``.
 
     Args:
         feeds: training-image inputs ``{"images": [1, 3, H, W], "image_sizes": [1, 2]}``.
         num_images: how many feeds there are (for the recipe).
         method: ``minmax`` | ``percentile`` | ``entropy`` calibration.
+        target: ``tensorrt`` (symmetric int8, float32 biases) or ``cpu`` (uint8 activations,
+            int8 weights, int32 biases: ONNX Runtime's integer kernels).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -178,17 +193,22 @@ def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_im
                "entropy": CalibrationMethod.Entropy}
     graph = onnx.load(str(src))
     nodes = [n.name for n in graph.graph.node if n.op_type in QUANTIZED_OPS]
+    cpu = target == "cpu"
+    options = ({"ActivationSymmetric": False, "WeightSymmetric": True} if cpu else
+               {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     quantize_static(
         str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-        op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=methods[method],
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8, weight_type=QuantType.QInt8,
+        nodes_to_quantize=nodes, op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=methods[method],
+        extra_options=options,
     )
     out = onnx.load(str(dst))
     out.ir_version = min(out.ir_version, graph.ir_version)
     onnx.checker.check_model(out)
     onnx.save(out, str(dst), save_as_external_data=False)
-    return {"precision": "int8", "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel", "bias": "float32",
+    return {"precision": "int8_cpu" if cpu else "int8", "tool": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ", "target": "onnxruntime-cpu" if cpu else "tensorrt",
+            "activations": "uint8 asymmetric per tensor" if cpu else "int8 symmetric per tensor",
+            "weights": "int8 symmetric per channel", "bias": "int32" if cpu else "float32",
             "calibration": method, "calibration_images": num_images, "calibration_split": "train",
             "quantized_nodes": len(nodes), "float32_kept": "sigmoid, distribution integral, box decode, top-k, NMS"}
