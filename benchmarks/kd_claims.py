@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 from pipeline.data.dataset import load_curated  # noqa: E402
 from pipeline.engine.runs import RunId, curated_path  # noqa: E402
 from pipeline.metrics.bootstrap import image_matches, load_detections, paired_gain  # noqa: E402
-from pipeline.replicas import inside, merge, prepare  # noqa: E402
+from pipeline.io import working_dir  # noqa: E402
+from pipeline.replicas import merge, prepare  # noqa: E402
 from stages import curate, distill, evaluate, synthesize, train  # noqa: E402
 
 DATASET, DETECTOR, STUDENT, TEACHER = "synthetic", "gfl", "resnet18", "teacher-resnet101"
@@ -74,7 +75,7 @@ def step(folder: Path, done: Path, what: str, run) -> float:
     if done.exists():
         return 0.0
     start = time.perf_counter()
-    with inside(folder):
+    with working_dir(folder):
         run()
     took = time.perf_counter() - start
     print(f"  {what}: {took:.0f} s", flush=True)
@@ -106,7 +107,7 @@ def main() -> None:
 
     for seed in range(args.seeds):
         folder = root / f"seed{seed}"
-        with inside(root):
+        with working_dir(root):
             prepare(Path(folder.name), profile_params(args.profile, seed, methods), [Path("data"), teacher.model_path])
         print(f"seed {seed}", flush=True)
         models = [f"baseline-{STUDENT}", *(f"{m}-{STUDENT}" for m in methods)]

@@ -54,3 +54,15 @@ def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
     with atomic_file(Path(path)) as handle:
         json.dump(data, handle, indent=indent)
         handle.write("\n")
+
+
+@contextmanager
+def working_dir(folder: Path) -> Iterator[None]:
+    """Run a block with ``folder`` as the working directory (the stage scripts use paths relative
+    to the repository root), then return to the previous one."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -11,8 +11,6 @@ trained and scored by exactly the stage code of the main run; only the seed diff
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +51,3 @@ def prepare(folder: Path, params: dict[str, Any], links: list[Path]) -> None:
         name.symlink_to(os.path.relpath(Path(target).resolve(), name.parent.resolve()))
 
 
-@contextmanager
-def inside(folder: Path) -> Iterator[None]:
-    """Run a block with ``folder`` as the working directory (the stage scripts use relative paths)."""
-    before = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)

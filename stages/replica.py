@@ -23,8 +23,8 @@ import yaml
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.engine.runs import RunId, curated_path
 from pipeline.errors import UserError, exit_on_user_error
-from pipeline.io import atomic_dir
-from pipeline.replicas import inside, merge, prepare, replica_path, workspace
+from pipeline.io import atomic_dir, working_dir
+from pipeline.replicas import merge, prepare, replica_path, workspace
 from stages import distill, evaluate, train
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare(folder, merge(raw, overrides), [curated_path(args.dataset, "train").parent, teacher])
     start = time.perf_counter()
     models = [f"baseline-{args.student}", *(f"{m}-{args.student}" for m in params.distill.methods)]
-    with inside(folder):
+    with working_dir(folder):
         train.main([args.dataset, args.detector, models[0]])
         evaluate.main([args.dataset, args.detector, models[0]])
         for method, model in zip(params.distill.methods, models[1:]):

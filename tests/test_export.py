@@ -6,10 +6,8 @@ that untrained heads still produce detections above the 0.05 score threshold.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,7 +30,7 @@ from pipeline.deploy.manifest import read_manifest, sha256
 from pipeline.deploy.parity import ParityTolerance, check_parity, match_image
 from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.errors import UserError
-from pipeline.io import atomic_dir
+from pipeline.io import atomic_dir, working_dir
 from pipeline.models.factory import build_detector
 from pipeline.structures import Detections
 from stages import export as export_stage
@@ -107,14 +105,7 @@ def tiny_params(**deploy) -> object:
     return parse_params({**PARAMS, "deploy": {**PARAMS["deploy"], **deploy}})
 
 
-@contextlib.contextmanager
-def chdir(path: Path):
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+chdir = working_dir
 
 
 @functools.lru_cache(maxsize=None)
