@@ -328,3 +328,18 @@ def test_tables_compare_each_method_with_the_students_baseline(tmp_path, monkeyp
     assert [r["model"] for r in saved["rows"]] == ["teacher-resnet101", "baseline-resnet18", "gkd_bmfi-resnet18",
                                                    "mfi-resnet18"]
     assert Path("reports/tables/distill_kitti_gfl.md").read_text() == capsys.readouterr().out.rstrip("\n") + "\n"
+
+
+def test_reading_says_when_the_control_reaches_the_teacher():
+    from pipeline.report.tables import reading
+
+    def row(role, value, ci=None):
+        return {"role": role, "backbone": "resnet18", "mAP50": value, "ci_vs_baseline": ci, "ci_vs_control": None}
+
+    gain = {"gain": 4.4, "low": 3.4, "high": 5.4}
+    rows = [row("teacher", 10.4), row("baseline", 7.5), row("inherit_only", 11.7, gain), row("gkd_bmfi", 11.9, gain)]
+    said = "\n".join(reading(rows))
+    assert "inherit-only R18 student (11.7) already scores at or above the teacher (10.4)" in said
+    assert "gkd_bmfi R18: above the baseline by 4.4 [+3.4, +5.4], an interval that excludes 0" in said
+    rows[2]["mAP50"] = 9.0
+    assert "already scores" not in "\n".join(reading(rows))

@@ -157,9 +157,18 @@ def _verdict(ci: dict[str, float] | None, what: str) -> str | None:
 
 
 def reading(rows: list[dict[str, Any]]) -> list[str]:
-    """Plain sentences on what each gain and its interval show (one per KD method and student)."""
+    """Plain sentences on what each gain and its interval show (one per KD method and student),
+    and a warning where the inherit-only control already reaches the teacher: there a KD term
+    has nothing left to transfer, so no method can show its worth over the control."""
     lines = []
+    teacher = next((r for r in rows if r["role"] == "teacher"), None)
     for r in rows:
+        if r["role"] == CONTROL and teacher and None not in (teacher["mAP50"], r["mAP50"]) \
+                and r["mAP50"] >= teacher["mAP50"]:
+            label = BACKBONE_LABELS.get(r["backbone"], r["backbone"])
+            lines.append(f"- the inherit-only {label} student ({r['mAP50']:.1f}) already scores at or above the "
+                         f"teacher ({teacher['mAP50']:.1f}): the teacher has nothing left to teach it here, so "
+                         "gains over inherit-only cannot show; train the teacher longer (a larger scale).")
         parts = [v for v in (_verdict(r.get("ci_vs_baseline"), "the baseline"),
                              _verdict(r.get("ci_vs_control"), "inherit-only")) if v]
         if parts:
