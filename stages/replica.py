@@ -4,7 +4,7 @@ method of ``distill.methods`` again, with ``seed`` replaced (params ``distill.ex
     python -m stages.replica <dataset> <detector> <student backbone> <seed>
 
 Works in replicas/seed<seed>/<dataset>/<detector>/<student>/ (pipeline/replicas.py): a params.yaml
-equal to the project's but for the seed, links to the curated data and the teacher, then the
+equal to the project's but for the seed, links to data/ and the teacher, then the
 train, distill and evaluate stage scripts run there, unchanged (its models/ and checkpoints/ stay
 there, so a killed replica resumes). Its outputs are the metrics and val detections of the
 baseline and each method, copied to metrics/<dataset>/<detector>/seed<seed>/<student>/ and
@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import DEFAULT_PARAMS, load_params
-from pipeline.engine.runs import RunId, curated_path
+from pipeline.engine.runs import RunId
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.io import atomic_dir, working_dir
 from pipeline.replicas import merge, prepare, replica_path, workspace
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
                  "distill": {"students": [args.student], "gradmap_images": 0, "extra_seeds": []}}
     teacher = RunId(args.dataset, args.detector, params.distill.teacher).model_path
     folder = workspace(args.seed, args.dataset, args.detector, args.student)
-    prepare(folder, merge(raw, overrides), [curated_path(args.dataset, "train").parent, teacher])
+    # the data folder whole: the curated json names its images under data/raw/<dataset>/
+    prepare(folder, merge(raw, overrides), [Path("data"), teacher])
     start = time.perf_counter()
     models = [f"baseline-{args.student}", *(f"{m}-{args.student}" for m in params.distill.methods)]
     with working_dir(folder):
