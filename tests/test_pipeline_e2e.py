@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from pipeline.replicas import merge
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +34,6 @@ def tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if line and (REPO / line).is_file()]
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
 
 
 @pytest.fixture(scope="module")
