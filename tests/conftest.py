@@ -12,7 +12,20 @@ from PIL import Image
 from pipeline.structures import Batch
 
 REPO = Path(__file__).resolve().parents[1]
+#: Small reference files (json) copied into the repository, so the checks that use them always run.
+LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: Large ones (tensors, tens of MB) stay in ../shared/fixtures beside the repository.
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+def reference_fixture(relative: str) -> Path:
+    """The reference file ``relative`` (e.g. ``mmdet/voc_map_golden.json``): the repository's copy
+    if there is one, else ../shared's; skips the calling test with the reason when neither exists."""
+    for root in (LOCAL_FIXTURES, SHARED_FIXTURES):
+        if (root / relative).is_file():
+            return root / relative
+    pytest.skip(f"reference fixture {relative} not found in tests/fixtures/ or ../shared/fixtures/ "
+                "(the large MMDetection tensors ship in ../shared only)")
 
 
 def kitti_line(kind: str, box: tuple[float, float, float, float], truncated: float = 0.0,

@@ -9,17 +9,15 @@ from pipeline.models.complexity import count_parameters
 from pipeline.models.factory import build_detector, detector_gflops
 from pipeline.models.mmdet_names import to_mmdet_name
 
-from conftest import SHARED_FIXTURES
+from conftest import reference_fixture
 
-FIXTURE = SHARED_FIXTURES / "mmdet" / "mmdet330_models_3cls.json"
-pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason=f"{FIXTURE} not found (shared/ sits beside the repo)")
 
 MODELS = [(d, b) for d in ("gfl", "faster_rcnn") for b in ("resnet18", "resnet50", "resnet101")]
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return json.loads(FIXTURE.read_text())["models"]
+    return json.loads(reference_fixture("mmdet/mmdet330_models_3cls.json").read_text())["models"]
 
 
 @pytest.mark.parametrize("detector, backbone", MODELS)

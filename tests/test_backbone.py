@@ -22,15 +22,14 @@ from pipeline.models.mmdet_names import (
     to_mmdet_state_dict,
 )
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmdet" / "mmdet330_models_3cls.json"
+from conftest import reference_fixture
+
 DEPTHS = (18, 50, 101)
 
 
 @pytest.fixture(scope="module")
 def mmdet_models() -> dict:
-    if not FIXTURE.is_file():
-        pytest.skip(f"fixture {FIXTURE} not available")
-    return json.loads(FIXTURE.read_text())["models"]
+    return json.loads(reference_fixture("mmdet/mmdet330_models_3cls.json").read_text())["models"]
 
 
 def make_neck(detector: str, depth: int) -> FPN:

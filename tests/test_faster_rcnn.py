@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,8 @@ from pipeline.models.faster_rcnn import (
 from pipeline.models.mmdet_names import to_mmdet_name
 from pipeline.structures import Batch, Detections
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmdet" / "mmdet330_models_3cls.json"
+from conftest import reference_fixture
+
 INPUT_HW = (128, 256)
 STRIDES = (4, 8, 16, 32, 64)
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}
@@ -71,7 +71,7 @@ def two_image_batch() -> Batch:
 
 
 def test_state_dict_matches_mmdet_fixture() -> None:
-    fixture = json.loads(FIXTURE.read_text())["models"]["faster_rcnn_r18"]["state_dict"]
+    fixture = json.loads(reference_fixture("mmdet/mmdet330_models_3cls.json").read_text())["models"]["faster_rcnn_r18"]["state_dict"]
     expected = {k: list(v) for k, v in fixture.items() if k.startswith(("rpn_head.", "roi_head."))}
     heads = FasterRCNNHeads(num_classes=3)
     ours = {}

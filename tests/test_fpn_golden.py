@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +10,14 @@ import torch.nn.functional as F
 from pipeline.models.fpn import FPN
 from pipeline.models.mmdet_names import from_mmdet_state_dict, to_mmdet_name
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mmdet" / "fpn_r18_neck_golden.pt"
+from conftest import reference_fixture
+
 R18_CHANNELS = [64, 128, 256, 512]
 
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    if not GOLDEN.is_file():
-        pytest.skip(f"fixture {GOLDEN} not available")
-    return torch.load(GOLDEN, weights_only=True)
+    return torch.load(reference_fixture("mmdet/fpn_r18_neck_golden.pt"), weights_only=True)
 
 
 def build_neck(config: dict) -> FPN:

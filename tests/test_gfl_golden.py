@@ -1,27 +1,23 @@
 """GFL head against MMDetection 3.3's own outputs (shared/fixtures/mmdet/gfl_r18_head_golden.pt)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 from torchvision.ops import box_iou
 
-from pipeline.models.gfl_head import GFLHead
+from pipeline.models.gfl_head import GFLHead, GFLTestConfig
 from pipeline.structures import Batch
 
-FIXTURE = Path("/work/shared/fixtures/mmdet/gfl_r18_head_golden.pt")
-if not FIXTURE.exists():
-    FIXTURE = Path(__file__).resolve().parents[1] / "shared" / "fixtures" / "mmdet" / "gfl_r18_head_golden.pt"
+from conftest import reference_fixture
+
 
 RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    if not FIXTURE.exists():
-        pytest.skip(f"fixture {FIXTURE} not available")
-    return torch.load(FIXTURE, weights_only=True)
+    return torch.load(reference_fixture("mmdet/gfl_r18_head_golden.pt"), weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +101,9 @@ def test_loss_from_features_matches(head: GFLHead, batch: Batch, golden: dict) -
 
 def test_predictions(head: GFLHead, outputs, batch: Batch, golden: dict) -> None:
     cls_scores, bbox_preds = outputs
-    dets = head.predict_by_outputs(
-        cls_scores, bbox_preds, batch, score_thr=0.05, nms_iou=0.6, max_per_img=100, nms_pre=1000
-    )
+    # the fixture's settings (nms_pre 1000, score_thr 0.05, NMS IoU 0.6, max 100) are the head's own
+    assert head.test_cfg == GFLTestConfig(score_thr=0.05, nms_iou=0.6, max_per_img=100, nms_pre=1000)
+    dets = head.predict_by_outputs(cls_scores, bbox_preds, batch)
     case = golden["case"]
     assert len(dets) == len(case["pred_boxes"])
     for i, det in enumerate(dets):

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.metrics.kitti import KittiData, get_thresholds, kitti_ap40
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-GOLDEN = FIXTURES / "kitti" / "kitti_ap40_golden.json"
+from conftest import reference_fixture
+
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
 
 
@@ -34,9 +33,7 @@ def _data(gts: list[tuple], dontcares: list[tuple], dets: list[tuple]) -> KittiD
 
 
 def test_reproduces_devkit_port_golden() -> None:
-    if not GOLDEN.is_file():
-        pytest.skip(f"KITTI golden fixture missing: {GOLDEN}")
-    case = json.loads(GOLDEN.read_text())["case"]
+    case = json.loads(reference_fixture("kitti/kitti_ap40_golden.json").read_text())["case"]
     gts, dcs, dets = [], [], []
     for i, img in enumerate(case["images"]):
         for g in img["gt"]:

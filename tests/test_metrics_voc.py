@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,8 @@ import pytest
 from pipeline.metrics.coco import DetectionSet, GroundTruth
 from pipeline.metrics.voc import area_ap, eval_voc_map
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-GOLDEN = FIXTURES / "mmdet" / "voc_map_golden.json"
+from conftest import reference_fixture
+
 
 
 def _gt(rows: list[tuple[int, list[float], int, bool]]) -> GroundTruth:
@@ -35,9 +34,7 @@ def _dets(rows: list[tuple[int, list[float], float, int]]) -> DetectionSet:
 
 
 def test_reproduces_mmdet_golden() -> None:
-    if not GOLDEN.is_file():
-        pytest.skip(f"MMDetection golden fixture missing: {GOLDEN}")
-    case = json.loads(GOLDEN.read_text())["case"]
+    case = json.loads(reference_fixture("mmdet/voc_map_golden.json").read_text())["case"]
     gt_rows, det_rows = [], []
     for i, img in enumerate(case["images"]):
         gt_rows += [(i, b, lab, False) for b, lab in zip(img["gt_boxes"], img["gt_labels"])]
