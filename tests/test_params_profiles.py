@@ -1,0 +1,77 @@
+"""The committed params profiles against dvc.yaml and the typed loader (one source of defaults)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from conftest import REPO
+from pipeline.config import Params, load_params
+
+PROFILES = ("params.yaml", "params-gpu.yaml")
+#: Mappings whose keys are data (names), not settings: a profile need not list every entry.
+OPEN_MAPPINGS = ("sources", "distill.baselines", "distill.gkd.datasets")
+
+
+def dvc_param_keys(datasets: list[str] = ("synthetic",)) -> set[str]:
+    """Every params key dvc.yaml reads: the stages' ``params`` lists (``${item.dataset}`` expanded
+    over ``datasets``) and the ``${...}`` interpolations."""
+    text = (REPO / "dvc.yaml").read_text()
+    keys = {k for k in re.findall(r"\$\{([a-z_.]+)\}", text) if not k.startswith("item.")}
+    for stage in yaml.safe_load(text)["stages"].values():
+        for key in stage.get("params", []):
+            keys.update(key.replace("${item.dataset}", d) for d in datasets)
+    return keys
+
+
+def lookup(data: dict, dotted: str) -> bool:
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def leaves(data: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and name not in OPEN_MAPPINGS:
+            out |= leaves(value, f"{name}.")
+        else:
+            out.add(name)
+    return out
+
+
+def test_dvc_yaml_reads_key_level_params():
+    keys = dvc_param_keys()
+    assert {"train.lr", "deploy.opset", "benchmark", "distill.balance"} <= keys
+    # whole sections would rerun stages on unrelated edits (deploy.models, train.num_workers, ...);
+    # deploy.models is read only as the export matrix
+    for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values():
+        declared = set(stage.get("params", []))
+        assert not declared & {"model", "train", "deploy", "input", "train.num_workers", "deploy.models"}, declared
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_key_dvc_reads_is_in_the_profile(profile):
+    raw = yaml.safe_load((REPO / profile).read_text())
+    missing = sorted(k for k in dvc_param_keys(raw["datasets"]) if not lookup(raw, k))
+    assert not missing, f"{profile} lacks {missing}: DVC would stop with 'Parameters ... are missing'"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profile_loads_and_states_every_setting(profile):
+    params = load_params(REPO / profile)
+    raw = yaml.safe_load((REPO / profile).read_text())
+    every = leaves(params.model_dump(mode="json"))
+    assert every - leaves(raw) == set(), f"{profile} leaves settings to hidden defaults"
+
+
+def test_params_yaml_is_the_defaults_written_out():
+    """config.py holds each default once; params.yaml states exactly those values."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = Params.model_validate({"datasets": raw["datasets"], "sources": raw["sources"]})
+    assert load_params(REPO / "params.yaml") == defaults
