@@ -28,7 +28,7 @@ from pipeline.engine.checkpoint import Arch  # noqa: E402
 from pipeline.engine.runs import RunId  # noqa: E402
 from pipeline.engine.trainer import seed_everything  # noqa: E402
 from stages.distill import build_student  # noqa: E402
-from stages.train import training_set  # noqa: E402
+from pipeline.engine.recipe import training_set  # noqa: E402
 
 
 def main() -> None:

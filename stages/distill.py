@@ -19,31 +19,27 @@ train, draw the "end" maps. Nothing re-initialises the student after inheriting.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import Params, load_params  # noqa: E402
-from pipeline.data.dataset import CuratedDataset, load_curated  # noqa: E402
-from pipeline.distill.balance import calibrate, calibration_batches, measure  # noqa: E402
-from pipeline.distill.distiller import Distiller, load_teacher  # noqa: E402
-from pipeline.distill.gradmaps import gradmap_batch, maps_of, render  # noqa: E402
-from pipeline.distill.inherit import inherit_neck_and_head  # noqa: E402
-from pipeline.distill.methods import build_method, check_method, paper_overrides  # noqa: E402
-from pipeline.engine import distributed  # noqa: E402
-from pipeline.engine.checkpoint import Arch, save_model  # noqa: E402
-from pipeline.engine.runs import RunId, curated_path, fingerprint, resolve_device  # noqa: E402
-from pipeline.engine.trainer import train  # noqa: E402
-from pipeline.errors import exit_on_user_error  # noqa: E402
-from pipeline.io import atomic_dir, write_json  # noqa: E402
-from pipeline.models.detector import Detector  # noqa: E402
-from pipeline.models.factory import build_detector  # noqa: E402
-from stages.train import loop_config, training_set  # noqa: E402
+from pipeline.config import Params, load_params
+from pipeline.data.dataset import CuratedDataset, load_curated
+from pipeline.distill.balance import calibrate, calibration_batches, measure
+from pipeline.distill.distiller import Distiller, load_teacher
+from pipeline.distill.gradmaps import gradmap_batch, maps_of, render
+from pipeline.distill.inherit import inherit_neck_and_head
+from pipeline.distill.methods import build_method, check_method, paper_overrides
+from pipeline.engine import distributed
+from pipeline.engine.checkpoint import Arch, save_model
+from pipeline.engine.recipe import loop_config, role_epochs, training_set, weights_fingerprint
+from pipeline.engine.runs import RunId, curated_path, resolve_device
+from pipeline.engine.trainer import train
+from pipeline.errors import exit_on_user_error
+from pipeline.io import atomic_dir, file_sha256, write_json
+from pipeline.models.detector import Detector
+from pipeline.models.factory import build_detector
 
 
 def gradmap_dir(run: RunId) -> Path:
@@ -60,15 +56,6 @@ def balance_rows(balance: dict, history: list[dict]) -> list[dict]:
     rows += [{"epoch": h["epoch"], "kd_task_grad_ratio": h["kd_task_grad_ratio"]}
              for h in history if "kd_task_grad_ratio" in h]
     return rows
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file (the teacher's identity in the resume fingerprint)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def build_student(params: Params, run: RunId, arch: Arch, teacher: Detector) -> tuple[Detector, list[str]]:
@@ -104,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher = load_teacher(teacher_run.model_path, arch)
     student, inherited = build_student(params, run, arch, teacher)
     method = build_method(args.method, run.detector, d, params.model.fpn_channels, len(student.strides), run.dataset)
-    epochs = d.epochs or params.train.epochs
+    epochs = role_epochs(params, args.method)
     cfg = loop_config(params, epochs)
     env, device = distributed.setup(resolve_device(params.train.device), params.distributed.backend,
                                     cfg.batch_size)
@@ -137,12 +124,10 @@ def main(argv: list[str] | None = None) -> None:
             figures.update({f"ratio_{k}": v for k, v in norms.term_ratios().items()})
         return figures
 
-    # The process count is not part of the fingerprint: a run resumes under another count.
-    key = fingerprint(run.model, run.detector, arch.as_dict(), cfg, params.input.model_dump(),
-                      params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
-                      d.model_dump(mode="json", exclude={"methods", "students", "gradmap_images"}),
-                      file_digest(teacher_run.model_path),
-                      [img["id"] for img in data.images])
+    key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images],
+                              d.model_dump(mode="json", exclude={"methods", "students", "gradmap_images",
+                                                                 "extra_seeds"}),
+                              file_sha256(teacher_run.model_path))
     start = time.perf_counter()
     with distiller:
         result = train(student, data, cfg, run.checkpoint_dir, device, key, extra=distiller, desc=str(run),

@@ -1,7 +1,7 @@
 """DVC stage `replica@<dataset>-<detector>-<student>-<seed>`: one student's baseline and every KD
 method of ``distill.methods`` again, with ``seed`` replaced (params ``distill.extra_seeds``).
 
-    python -m stages.replica <dataset> <detector> <student backbone> <seed>
+    python stages/replica.py <dataset> <detector> <student backbone> <seed>
 
 Works in replicas/seed<seed>/<dataset>/<detector>/<student>/ (pipeline/replicas.py): a params.yaml
 equal to the project's but for the seed, links to data/ and the teacher, then the
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +25,8 @@ import yaml
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.engine.runs import RunId
 from pipeline.errors import UserError, exit_on_user_error
-from pipeline.io import atomic_dir, working_dir
+from pipeline.io import atomic_dir
 from pipeline.replicas import merge, prepare, replica_path, workspace
-from stages import distill, evaluate, train
 
 
 @exit_on_user_error
@@ -52,12 +53,16 @@ def main(argv: list[str] | None = None) -> None:
     prepare(folder, merge(raw, overrides), [Path("data"), teacher])
     start = time.perf_counter()
     models = [f"baseline-{args.student}", *(f"{m}-{args.student}" for m in params.distill.methods)]
-    with working_dir(folder):
-        train.main([args.dataset, args.detector, models[0]])
-        evaluate.main([args.dataset, args.detector, models[0]])
-        for method, model in zip(params.distill.methods, models[1:]):
-            distill.main([args.dataset, args.detector, args.student, method])
-            evaluate.main([args.dataset, args.detector, model])
+    stages = Path(__file__).resolve().parent
+    commands = [["train.py", args.dataset, args.detector, models[0]],
+                ["evaluate.py", args.dataset, args.detector, models[0]]]
+    for method, model in zip(params.distill.methods, models[1:]):
+        commands += [["distill.py", args.dataset, args.detector, args.student, method],
+                     ["evaluate.py", args.dataset, args.detector, model]]
+    for script, *stage_args in commands:   # the stage scripts themselves, unchanged, in the workspace
+        done = subprocess.run([sys.executable, str(stages / script), *stage_args], cwd=folder)
+        if done.returncode != 0:
+            raise SystemExit(done.returncode)   # the stage printed its own one-line error
     for kind in ("metrics_path", "detections_path"):
         runs = [RunId(args.dataset, args.detector, m) for m in models]
         target = replica_path(getattr(runs[0], kind).parent, args.seed, args.student)

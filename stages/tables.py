@@ -9,19 +9,17 @@ balanced, and, when ablation methods (``mfi``, ``bmfi``, ``gkd``) ran, a Table-3
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.data.dataset import load_curated  # noqa: E402
-from pipeline.engine.runs import RunId, curated_path  # noqa: E402
-from pipeline.errors import exit_on_user_error  # noqa: E402
-from pipeline.io import atomic_file, write_json  # noqa: E402
-from pipeline.metrics.bootstrap import ImageMatches, image_matches, load_detections  # noqa: E402
-from pipeline.replicas import replica_path  # noqa: E402
-from pipeline.report.tables import ablation_rows, distill_rows, markdown  # noqa: E402
+from pipeline.config import load_params
+from pipeline.data.dataset import load_curated
+from pipeline.engine.runs import RunId, curated_path
+from pipeline.errors import exit_on_user_error
+from pipeline.io import atomic_file, write_json
+from pipeline.metrics.bootstrap import ImageMatches, image_matches, load_detections
+from pipeline.replicas import replica_path
+from pipeline.report.tables import ablation_rows, distill_rows, markdown
 
 
 def val_matches(dataset: str, detector: str, models: list[str], seeds: tuple[int, ...] = ()

@@ -14,30 +14,14 @@ import argparse
 import time
 
 from pipeline.config import load_params
-from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.engine import distributed
 from pipeline.engine.checkpoint import Arch, save_model
-from pipeline.engine.runs import RunId, curated_path, fingerprint, resolve_device
-from pipeline.engine.trainer import LoopConfig, seed_everything, train
+from pipeline.engine.recipe import loop_config, role_epochs, training_set, weights_fingerprint
+from pipeline.engine.runs import RunId, resolve_device
+from pipeline.engine.trainer import seed_everything, train
 from pipeline.errors import exit_on_user_error
 from pipeline.io import write_json
 from pipeline.models.factory import build_detector
-
-
-def loop_config(params, epochs: int) -> LoopConfig:
-    """The loop settings of params' ``train`` section, with ``epochs`` for this role."""
-    t = params.train
-    return LoopConfig(epochs=epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-                      weight_decay=t.weight_decay, warmup_iters=t.warmup_iters, warmup_ratio=t.warmup_ratio,
-                      lr_steps=t.lr_steps, gamma=t.gamma, grad_clip=t.grad_clip, amp=t.amp,
-                      num_workers=t.num_workers, seed=params.seed)
-
-
-def training_set(params, dataset: str) -> CuratedDataset:
-    coco = load_curated(curated_path(dataset, "train"))
-    if params.train.max_train_images:
-        coco = {**coco, "images": coco["images"][: params.train.max_train_images]}
-    return CuratedDataset(coco, params.input, train=True, seed=params.seed)
 
 
 @exit_on_user_error
@@ -57,15 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(params.seed)  # the initial weights too are a function of the seed
     model = build_detector(run.detector, run.backbone, arch.num_classes, params.model.weights,
                            params.model.fpn_channels, params.model.norm_eval, params.model.frozen_stages)
-    epochs = (params.train.teacher_epochs or params.train.epochs) if run.role == "teacher" else params.train.epochs
+    epochs = role_epochs(params, run.role)
     cfg = loop_config(params, epochs)
     env, device = distributed.setup(resolve_device(params.train.device), params.distributed.backend,
                                     cfg.batch_size)
     model = distributed.convert_sync_bn(model, env, device, params.distributed.sync_bn)
-    # The process count is not part of the fingerprint: a run resumes under another count.
-    key = fingerprint(run.model, run.detector, arch.as_dict(), cfg, params.input.model_dump(),
-                      params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
-                      [img["id"] for img in data.images])
+    key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images])
     start = time.perf_counter()
     result = train(model, data, cfg, run.checkpoint_dir, device, key, desc=str(run), rank=env.rank,
                    world_size=env.world_size, wrap=distributed.ddp_wrapper(env, device))

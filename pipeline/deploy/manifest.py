@@ -23,27 +23,18 @@ Pure python and json only: the runtime imports this module, and the runtime must
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.io import file_sha256 as sha256  # noqa: F401  (re-exported: the manifest's file identity)
 
 FORMAT = "gkd-bmfi-export/1"
 MANIFEST = "manifest.json"
 REQUIRED = ("format", "model", "class_names", "input", "preprocessing", "outputs", "nms", "artifacts")
 PREPROCESSING_KEYS = ("resize_wh", "mean", "std", "pad_hw", "normalize_in_graph")
 ENGINE_KEYS = ("precision", "sha256", "tensorrt_version", "gpu_name", "compute_capability")
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def preprocessing_record(width: int, height: int, pad_hw: tuple[int, int], mean: tuple[float, ...],

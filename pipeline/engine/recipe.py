@@ -1,0 +1,62 @@
+"""From params to a training run: the loop settings, the training set and the resume fingerprint.
+
+Shared by the `train` and `distill` stages (and the benchmarks), so that no stage imports another.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.data.dataset import CuratedDataset, load_curated
+from pipeline.engine.checkpoint import Arch
+from pipeline.engine.runs import RunId, curated_path, fingerprint
+from pipeline.engine.trainer import LoopConfig
+
+#: LoopConfig fields that do not change the trained weights: a run resumes across a change of them
+#: (the flips are drawn from (seed, epoch, index), so the data order is the same for any worker count).
+NOT_IN_WEIGHTS = ("num_workers",)
+
+
+def role_epochs(params: Params, role: str) -> int:
+    """Epochs of a model of ``role``: the teacher's ``train.teacher_epochs`` (else ``train.epochs``);
+    a distilled student's ``distill.epochs`` (else ``train.epochs``, the baselines' budget)."""
+    if role == "teacher":
+        return params.train.teacher_epochs or params.train.epochs
+    if role == "baseline":
+        return params.train.epochs
+    return params.distill.epochs or params.train.epochs
+
+
+def loop_config(params: Params, epochs: int) -> LoopConfig:
+    """The loop settings of params' ``train`` section, with ``epochs`` for this role."""
+    t = params.train
+    return LoopConfig(epochs=epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+                      weight_decay=t.weight_decay, warmup_iters=t.warmup_iters, warmup_ratio=t.warmup_ratio,
+                      lr_steps=t.lr_steps, gamma=t.gamma, grad_clip=t.grad_clip, amp=t.amp,
+                      num_workers=t.num_workers, seed=params.seed)
+
+
+def training_set(params: Params, dataset: str) -> CuratedDataset:
+    """The curated training split of ``dataset`` (the first ``train.max_train_images`` when set),
+    with training-time flips."""
+    coco = load_curated(curated_path(dataset, "train"))
+    if params.train.max_train_images:
+        coco = {**coco, "images": coco["images"][: params.train.max_train_images]}
+    return CuratedDataset(coco, params.input, train=True, seed=params.seed)
+
+
+def weights_fingerprint(run: RunId, arch: Arch, cfg: LoopConfig, params: Params, image_ids: Sequence[int],
+                        *extra: Any) -> str:
+    """The resume key of a training run: everything that changes its weights, nothing else.
+
+    A ``last.pt`` written under another key is not resumed. In: the run, its architecture, the
+    loop settings (not the worker count), the input settings, the backbone's init and freezing, the
+    training image ids and ``extra`` (the distillation settings and the teacher's sha256). Not in:
+    the process count (a run resumes under another count), the worker count, paths.
+    """
+    loop = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_WEIGHTS}
+    return fingerprint(run.model, run.detector, arch.as_dict(), loop, params.input.model_dump(),
+                       params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
+                       list(image_ids), *extra)
