@@ -20,14 +20,14 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.config import InputParams, parse_params
+from pipeline.config import InputParams, ParityParams, parse_params
 from pipeline.data.dataset import CuratedDataset
 from pipeline.deploy import bundle
 from pipeline.deploy.export_onnx import MAX_IR_VERSION, ExportInfo, export_module, export_onnx, nms_settings
-from pipeline.deploy.gfl_export import GFLTestConfig
+from pipeline.models.gfl_head import GFLTestConfig
 from pipeline.deploy.graph_ops import class_aware_nms, padded_top_k
 from pipeline.deploy.manifest import read_manifest, sha256
-from pipeline.deploy.parity import ParityTolerance, check_parity, match_image
+from pipeline.deploy.parity import check_parity, match_image
 from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir, working_dir
@@ -166,7 +166,7 @@ def test_class_aware_nms_suppresses_within_a_class_only_and_pads_outputs():
 
 
 def test_gfl_export_settings_are_the_heads_test_defaults():
-    cfg = GFLTestConfig.from_head()
+    cfg = GFLTestConfig()
     assert (cfg.score_thr, cfg.nms_iou, cfg.max_per_img, cfg.nms_pre) == (0.05, 0.6, 100, 1000)
 
 
@@ -264,7 +264,7 @@ def _dets(rows: list[tuple[list[float], float, int]]) -> Detections:
 
 
 def test_matching_is_tie_insensitive_and_only_boundaries_excuse_a_miss():
-    tol = ParityTolerance(box_iou=0.99, score_tol=1e-3)
+    tol = ParityParams(box_iou=0.99, score_tol=1e-3)
     a = _dets([([0, 0, 10, 10], 0.5, 0), ([20, 0, 30, 10], 0.5, 1), ([40, 0, 50, 10], 0.0502, 2)])
     swapped = _dets([([20, 0, 30, 10], 0.5, 1), ([0, 0, 10.001, 10], 0.5004, 0)])   # order swapped, last missing
     assert match_image(a, swapped, tol, score_thr=0.05, max_det=100) == (2, 0)     # 0.0502 sits at the threshold
@@ -278,16 +278,15 @@ def test_matching_is_tie_insensitive_and_only_boundaries_excuse_a_miss():
 
 
 def test_parity_gate_names_what_failed_in_one_line():
-    tol = {"map50_tol": 0.1, "box_iou": 0.99, "score_tol": 1e-3, "max_unmatched": 0.005}
+    tol = ParityParams(map50_tol=0.1, box_iou=0.99, score_tol=1e-3, max_unmatched=0.005)
     ok = {"mAP50_pytorch": 50.0, "mAP50_onnx": 50.05, "mAP50_abs_diff": 0.05, "detections": 1000,
-          "matched": 998, "unexplained_unmatched": 2, "unexplained_fraction": 0.002, "images_with_mismatch": 1,
-          "tolerance": tol}
-    check_parity(ok, "tiny/gfl/m")
+          "matched": 998, "unexplained_unmatched": 2, "unexplained_fraction": 0.002, "images_with_mismatch": 1}
+    check_parity(ok, tol, "tiny/gfl/m")
     with pytest.raises(UserError, match=r"ONNX mAP50 50\.30 vs PyTorch 50\.00") as info:
-        check_parity({**ok, "mAP50_onnx": 50.3, "mAP50_abs_diff": 0.3}, "tiny/gfl/m")
+        check_parity({**ok, "mAP50_onnx": 50.3, "mAP50_abs_diff": 0.3}, tol, "tiny/gfl/m")
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="10 of 1000 detections differ"):
-        check_parity({**ok, "unexplained_unmatched": 10, "unexplained_fraction": 0.01}, "tiny/gfl/m")
+        check_parity({**ok, "unexplained_unmatched": 10, "unexplained_fraction": 0.01}, tol, "tiny/gfl/m")
 
 
 # ----------------------------------------------------------------------------- the bundle / stage

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pipeline.data.dataset import read_rgb
-from pipeline.deploy.parity import ParityTolerance, match_image
+from pipeline.config import ParityParams
+from pipeline.deploy.parity import match_image
 from pipeline.deploy.runtime import DeployedDetector, OnnxBackend, check_image, preprocess
 from pipeline.engine.inference import predict_dataset
 from pipeline.errors import UserError
@@ -69,7 +70,7 @@ def test_detections_match_the_pytorch_model_on_val_images(world, artifact):  # n
         assert (got.boxes[:, 2] <= record["width"]).all() and (got.boxes[:, 3] <= record["height"]).all()
         if artifact == "model.onnx":   # fp32: the same detections, in original-image pixels
             mine = Detections(torch.from_numpy(got.boxes), torch.from_numpy(got.scores), torch.from_numpy(got.labels))
-            matched, unexplained = match_image(expected, mine, ParityTolerance(), 0.05, 100)
+            matched, unexplained = match_image(expected, mine, ParityParams(), 0.05, 100)
             assert unexplained == 0 and matched == len(expected)
         total += len(got)
     assert total > 0

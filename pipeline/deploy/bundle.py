@@ -20,7 +20,7 @@ from pipeline.config import Params
 from pipeline.data.dataset import CuratedDataset
 from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write_manifest
-from pipeline.deploy.parity import ParityTolerance, backend_detections, check_parity, parity_report
+from pipeline.deploy.parity import backend_detections, check_parity, parity_report
 from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
@@ -81,9 +81,9 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
     onnx_eval, onnx_dets = _evaluate_onnx(fp32, val, batch_size, None)
     if "skipped" in onnx_eval:
         raise UserError(f"{fp32}: {onnx_eval['skipped']}")
-    tol = ParityTolerance(**deploy.parity.model_dump())
+    tol = deploy.parity
     report = parity_report(val.coco, torch_dets, onnx_dets, tol, info.nms["score_thr"], info.max_detections)
-    check_parity(report, f"{identity['dataset']}/{identity['detector']}/{identity['model']}")
+    check_parity(report, tol, f"{identity['dataset']}/{identity['detector']}/{identity['model']}")
 
     artifacts: dict[str, dict[str, Any]] = {
         fp32.name: {"kind": "onnx", "precision": "fp32", "recipe": {"precision": "fp32"}, "eval": onnx_eval}}

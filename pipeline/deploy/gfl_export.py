@@ -20,32 +20,12 @@ Outputs: ``num_dets [N, 1]`` int32, ``boxes [N, K, 4]`` float32 x1,y1,x2,y2 in i
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from pipeline.deploy.graph_ops import class_aware_nms, padded_top_k
 from pipeline.models.detector import Detector
-from pipeline.models.gfl_head import GFLHead
-
-
-@dataclass(frozen=True)
-class GFLTestConfig:
-    """GFL post-processing settings; defaults are those of :meth:`GFLHead.predict`."""
-
-    score_thr: float
-    nms_iou: float
-    max_per_img: int
-    nms_pre: int
-
-    @staticmethod
-    def from_head() -> "GFLTestConfig":
-        """Read the defaults of ``GFLHead.predict`` so export and evaluation never diverge."""
-        params = inspect.signature(GFLHead.predict).parameters
-        return GFLTestConfig(**{name: params[name].default for name in ("score_thr", "nms_iou", "max_per_img",
-                                                                         "nms_pre")})
+from pipeline.models.gfl_head import GFLHead, GFLTestConfig
 
 
 class GFLExport(nn.Module):
@@ -54,7 +34,7 @@ class GFLExport(nn.Module):
     Args:
         model: a ``gfl`` :class:`Detector` (weights are shared, not copied).
         input_hw: padded network input ``(H, W)``.
-        cfg: test settings (default: :meth:`GFLTestConfig.from_head`).
+        cfg: test settings (default: the head's ``test_cfg``).
     """
 
     def __init__(self, model: Detector, input_hw: tuple[int, int], cfg: GFLTestConfig | None = None) -> None:
@@ -64,7 +44,7 @@ class GFLExport(nn.Module):
         self.backbone = model.backbone
         self.neck = model.neck
         self.head: GFLHead = model.head
-        self.cfg = cfg or GFLTestConfig.from_head()
+        self.cfg = cfg or model.head.test_cfg
         self.num_classes = model.num_classes
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         with torch.no_grad():

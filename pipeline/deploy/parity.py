@@ -13,13 +13,13 @@ scored with :func:`pipeline.metrics.evaluate_detections`. The gate passes when
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.config import ParityParams
 from pipeline.data.dataset import CuratedDataset, collate
 from pipeline.errors import UserError
 from pipeline.metrics import evaluate_detections
@@ -28,16 +28,6 @@ from pipeline.structures import Detections
 
 class Backend(Protocol):
     def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class ParityTolerance:
-    """Tolerances of the gate (written to the manifest)."""
-
-    map50_tol: float = 0.1
-    box_iou: float = 0.99
-    score_tol: float = 1e-3
-    max_unmatched: float = 0.005
 
 
 def backend_detections(backend: Backend, dataset: CuratedDataset, batch_size: int) -> dict[int, Detections]:
@@ -67,7 +57,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
-def match_image(ref: Detections, got: Detections, tol: ParityTolerance, score_thr: float,
+def match_image(ref: Detections, got: Detections, tol: ParityParams, score_thr: float,
                 max_det: int) -> tuple[int, int]:
     """Match one image's detections; returns ``(matched, unexplained unmatched)``."""
     rb, rs, rl = ref.boxes.numpy(), ref.scores.numpy(), ref.labels.numpy()
@@ -91,7 +81,7 @@ def match_image(ref: Detections, got: Detections, tol: ParityTolerance, score_th
     return int(ref_matched.sum()), bad
 
 
-def parity_report(coco: dict, ref: dict[int, Detections], got: dict[int, Detections], tol: ParityTolerance,
+def parity_report(coco: dict, ref: dict[int, Detections], got: dict[int, Detections], tol: ParityParams,
                   score_thr: float, max_det: int) -> dict[str, Any]:
     """mAP50 of both sides and the per-image matching summary (plain floats and ints)."""
     ref_m, got_m = evaluate_detections(coco, ref), evaluate_detections(coco, got)
@@ -110,18 +100,18 @@ def parity_report(coco: dict, ref: dict[int, Detections], got: dict[int, Detecti
         "mAP50_abs_diff": abs(ref_m["mAP50"] - got_m["mAP50"]),
         "detections": total, "matched": matched, "unexplained_unmatched": unexplained,
         "unexplained_fraction": unexplained / max(total, 1), "images_with_mismatch": images_with_mismatch,
-        "tolerance": asdict(tol),
+        "tolerance": tol.model_dump(),
     }
 
 
-def check_parity(report: dict[str, Any], where: str) -> None:
-    """Raise one line naming what failed when the report misses a tolerance."""
-    tol = report["tolerance"]
-    if report["mAP50_abs_diff"] > tol["map50_tol"]:
+def check_parity(report: dict[str, Any], tol: ParityParams, where: str) -> None:
+    """Raise one line naming what failed when the report misses a tolerance of ``tol``
+    (params ``deploy.parity``, the same record from params to here)."""
+    if report["mAP50_abs_diff"] > tol.map50_tol:
         raise UserError(f"{where}: parity gate failed: ONNX mAP50 {report['mAP50_onnx']:.2f} vs PyTorch "
-                        f"{report['mAP50_pytorch']:.2f} (allowed difference {tol['map50_tol']}); the export is wrong, "
+                        f"{report['mAP50_pytorch']:.2f} (allowed difference {tol.map50_tol}); the export is wrong, "
                         "no artifact was written")
-    if report["unexplained_fraction"] > tol["max_unmatched"]:
+    if report["unexplained_fraction"] > tol.max_unmatched:
         raise UserError(f"{where}: parity gate failed: {report['unexplained_unmatched']} of {report['detections']} "
-                        f"detections differ from PyTorch's (IoU >= {tol['box_iou']}, score within {tol['score_tol']}) "
+                        f"detections differ from PyTorch's (IoU >= {tol.box_iou}, score within {tol.score_tol}) "
                         f"on {report['images_with_mismatch']} images; the export is wrong, no artifact was written")

@@ -32,8 +32,6 @@ was published, the same is used.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import Tensor, nn
 
@@ -42,7 +40,7 @@ from pipeline.distill.masks import anchor_iou_masks
 from pipeline.distill.mimic import check_levels, check_weight
 from pipeline.errors import UserError
 from pipeline.models.faster_rcnn import MMDetAnchorGenerator
-from pipeline.models.gfl_head import GFLHead
+from pipeline.models.gfl_head import OCTAVE_BASE_SCALE, GFLHead
 from pipeline.structures import Batch
 
 DEFAULTS: dict[str, dict[str, float]] = {
@@ -70,7 +68,7 @@ class _GFLAnchors:
 
     def __init__(self, strides: tuple[int, ...]) -> None:
         self.strides = tuple(int(s) for s in strides)
-        self.octave_base_scale = float(inspect.signature(GFLHead).parameters["octave_base_scale"].default)
+        self.octave_base_scale = OCTAVE_BASE_SCALE
 
 
 def level_anchors(detector: str, strides: tuple[int, ...], feats: list[Tensor]) -> list[Tensor]:

@@ -5,7 +5,7 @@
   with settings from params ``distill.gkd``;
 * ``inherit_only``: the control, inheriting without any KD term
   (:class:`~pipeline.distill.inherit.InheritOnly`);
-* ``mimic``, ``fgd``, ``fgfi``, ``defeat``, ``fkd``: the baselines (METHOD.md section 6), each
+* ``mimic``, ``fgd``, ``fgfi``, ``defeat``: the baselines (METHOD.md section 6), each
   built from its module's per-detector ``DEFAULTS`` overridden by params
   ``distill.baselines.<method>.<detector>``.
 
@@ -67,18 +67,9 @@ def _defeat() -> tuple[type, dict]:
     return DeFeat, DEFAULTS
 
 
-def _fkd() -> tuple[type, dict]:
-    from pipeline.distill.fkd import DEFAULTS, FKD
-    return FKD, DEFAULTS
-
-
 def _baseline(load: Callable[[], tuple[type, dict]], name: str, detector: str, params: DistillParams,
               channels: int, num_levels: int, dataset: str | None) -> KDMethod:
-    try:
-        cls, defaults = load()
-    except ImportError as err:
-        raise UserError(f"params.yaml: distill.methods: method {name!r} is not available in this version "
-                        f"({err}); remove it from distill.methods") from None
+    cls, defaults = load()
     accepted = [p for p in inspect.signature(cls).parameters if p not in STRUCTURAL]
     overrides = dict(params.baselines.get(name, {}).get(detector, {}))
     for key in overrides:
@@ -107,7 +98,6 @@ METHODS: dict[str, MethodBuilder] = {
     "fgd": partial(_baseline, _fgd),
     "fgfi": partial(_baseline, _fgfi),
     "defeat": partial(_baseline, _defeat),
-    "fkd": partial(_baseline, _fkd),
 }
 
 #: The method names built by :func:`_gkd_family` (weights in ``distill.gkd``).

@@ -44,6 +44,8 @@ Box format everywhere: ``x1, y1, x2, y2`` input pixels.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Sequence
 
@@ -146,6 +148,25 @@ def _reduce_mean(t: Tensor) -> Tensor:
     return t
 
 
+#: MMDetection's GFL anchor scale (``octave_base_scale``), the head's default.
+OCTAVE_BASE_SCALE = 8.0
+
+
+@dataclass(frozen=True)
+class GFLTestConfig:
+    """GFL's test-time settings (MMDetection's ``test_cfg`` of gfl_r50_fpn_1x), an attribute of the
+    head as in torchvision's FCOS, so that evaluation and export read the same values.
+
+    ``score_thr``: minimum class score; ``nms_pre``: candidates per level kept before NMS;
+    ``nms_iou``: class-aware NMS IoU; ``max_per_img``: detections kept per image.
+    """
+
+    score_thr: float = 0.05
+    nms_iou: float = 0.6
+    max_per_img: int = 100
+    nms_pre: int = 1000
+
+
 class GFLHead(nn.Module):
     """GFL head.
 
@@ -165,6 +186,7 @@ class GFLHead(nn.Module):
         pad_size_divisor: the per-image pad shape MMDetection uses for the anchors' valid
             flags is the image size rounded up to this; ``None``: the batch input shape.
         prior_prob: initial foreground probability of ``gfl_cls`` (bias init).
+        test_cfg: the test-time settings (:class:`GFLTestConfig`), kept as ``self.test_cfg``.
     """
 
     def __init__(
@@ -175,7 +197,7 @@ class GFLHead(nn.Module):
         stacked_convs: int = 4,
         reg_max: int = 16,
         strides: Sequence[int] = (8, 16, 32, 64, 128),
-        octave_base_scale: float = 8.0,
+        octave_base_scale: float = OCTAVE_BASE_SCALE,
         scales_per_octave: int = 1,
         num_groups: int = 32,
         topk: int = 9,
@@ -185,11 +207,13 @@ class GFLHead(nn.Module):
         loss_dfl_weight: float = 0.25,
         pad_size_divisor: int | None = 32,
         prior_prob: float = 0.01,
+        test_cfg: GFLTestConfig | None = None,
     ) -> None:
         super().__init__()
         if scales_per_octave != 1:
             raise ValueError("GFLHead supports one anchor per location (scales_per_octave=1)")
         self.num_classes = num_classes
+        self.test_cfg = test_cfg or GFLTestConfig()
         self.in_channels = in_channels
         self.feat_channels = feat_channels
         self.stacked_convs = stacked_convs
@@ -455,14 +479,10 @@ class GFLHead(nn.Module):
         self,
         feats: Sequence[Tensor],
         batch: Batch,
-        score_thr: float = 0.05,
-        nms_iou: float = 0.6,
-        max_per_img: int = 100,
-        nms_pre: int = 1000,
     ) -> list[Detections]:
-        """Forward and detections per image, boxes in input pixels (no rescale)."""
+        """Forward and detections per image, boxes in input pixels (no rescale), with ``self.test_cfg``."""
         cls_scores, bbox_preds = self(feats)
-        return self.predict_by_outputs(cls_scores, bbox_preds, batch, score_thr, nms_iou, max_per_img, nms_pre)
+        return self.predict_by_outputs(cls_scores, bbox_preds, batch)
 
     @torch.no_grad()
     def predict_by_outputs(
@@ -470,12 +490,9 @@ class GFLHead(nn.Module):
         cls_scores: Sequence[Tensor],
         bbox_preds: Sequence[Tensor],
         batch: Batch,
-        score_thr: float = 0.05,
-        nms_iou: float = 0.6,
-        max_per_img: int = 100,
-        nms_pre: int = 1000,
     ) -> list[Detections]:
-        """Detections from raw outputs; see the module docstring for the steps."""
+        """Detections from raw outputs with ``self.test_cfg``; see the module docstring for the steps."""
+        cfg = self.test_cfg
         device = cls_scores[0].device
         feat_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
         level_anchors = self.get_anchors(feat_sizes, device, cls_scores[0].dtype)
@@ -487,10 +504,10 @@ class GFLHead(nn.Module):
                     [b[i] for b in bbox_preds],
                     level_anchors,
                     tuple(batch.image_sizes[i]),
-                    score_thr,
-                    nms_iou,
-                    max_per_img,
-                    nms_pre,
+                    cfg.score_thr,
+                    cfg.nms_iou,
+                    cfg.max_per_img,
+                    cfg.nms_pre,
                 )
             )
         return results
