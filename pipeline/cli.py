@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.data.images import check_eight_bit
 from pipeline.deploy.manifest import read_manifest
 from pipeline.draw import class_colour, draw_boxes
 from pipeline.errors import UserError, exit_on_user_error
@@ -88,8 +89,7 @@ def read_image(path: Path) -> np.ndarray:
     """An 8-bit RGB array of ``path``; 16-bit and other modes are refused with the fix."""
     try:
         with Image.open(path) as img:
-            if img.mode not in ("RGB", "RGBA", "L", "P"):
-                raise UserError(f"{path}: image mode {img.mode} is not 8-bit; convert it to 8-bit RGB")
+            check_eight_bit(path, img.mode)
             return np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path}: not a readable image ({err})") from None

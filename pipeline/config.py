@@ -159,7 +159,9 @@ class DistributedParams(Record):
     global batch, split evenly over the processes.
     """
 
-    launcher: Annotated[str, Field(pattern=r"^(python3?|torchrun)( .*)?$")] = "python"
+    # a program and its options only: no shell syntax (; | & $ ` < > parentheses, quotes), as DVC
+    # hands the command line to a shell
+    launcher: Annotated[str, Field(pattern=r"^(python3?|torchrun)( [A-Za-z0-9_./:=,+-]+)*$")] = "python"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     sync_bn: bool = False
 
@@ -377,6 +379,16 @@ class Params(Record):
         if self.distill.teacher not in self.model.train:
             raise ValueError(f"distill.teacher = {self.distill.teacher!r} is not trained by the pipeline; "
                              f"use one of model.train {list(self.model.train)} or add it there")
+        return self
+
+    @model_validator(mode="after")
+    def _deployed_models_are_trained(self) -> "Params":
+        trained = set(self.model.train)
+        trained |= {f"{method}-{student}" for method in self.distill.methods for student in self.distill.students}
+        for name in self.deploy.models:
+            if name not in trained:
+                raise ValueError(f"deploy.models names {name!r}, which no stage trains; use one of "
+                                 f"{sorted(trained)} (model.train baselines, or <distill.methods>-<distill.students>)")
         return self
 
     def source(self, dataset: str) -> SourceParams:

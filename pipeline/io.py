@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -93,6 +95,18 @@ def atomic_file(final: Path, mode: str = "w") -> Iterator[Any]:
         raise
     tmp.chmod(0o666 & ~_umask())  # mkstemp's 0600 would make the published file private to its writer
     os.replace(tmp, final)
+
+
+def read_json(path: Path, produced_by: str) -> Any:
+    """The json in ``path``, or one line naming the file and ``produced_by`` (the stage or tool that
+    writes it: the fix is to run it again) when the file is missing, truncated or not json."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run {produced_by}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid json ({err}); delete it and run {produced_by} again") from None
 
 
 def file_sha256(path: Path) -> str:

@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     n_obj = sum(1 for a in curated.train["annotations"] if not a["iscrowd"])
     print(f"curated {args.dataset}: {len(curated.train['images'])} train / {len(curated.val['images'])} val images, "
           f"{n_obj} train objects -> {args.out_root / args.dataset}")
+    clipped = curated.split.get("boxes_clipped_to_image", 0)
+    if clipped:
+        print(f"note: {clipped} boxes reached outside their image and were clipped to it; "
+              f"{curated.split['boxes_outside_image_dropped']} of them lay entirely outside and were dropped "
+              "(counts in split.json)")
 
 
 if __name__ == "__main__":

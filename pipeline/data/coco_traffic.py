@@ -8,6 +8,7 @@ person, cat and dog), in train and val alike.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,26 @@ def load_coco_json(path: Path) -> dict[str, Any]:
     for key in REQUIRED_KEYS:
         if key not in data:
             raise UserError(f"{path}: missing key {key!r}; a COCO instances json needs {', '.join(REQUIRED_KEYS)}")
+    for key in REQUIRED_KEYS:
+        if not isinstance(data[key], list):
+            raise UserError(f"{path}: {key!r} is a {type(data[key]).__name__}; COCO keeps {key} as a list of "
+                            "records: re-export the file in COCO's instances format")
     for kind, records, keys in (("images", data["images"], REQUIRED_IMAGE_KEYS),
                                 ("annotations", data["annotations"], REQUIRED_ANN_KEYS)):
         for index, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise UserError(f"{path}: {kind}[{index}] is a {type(record).__name__}, expected an object")
             missing = [k for k in keys if k not in record]
             if missing:
                 raise UserError(f"{path}: {kind}[{index}] is missing key {missing[0]!r}")
+    seen: set = set()
+    for index, record in enumerate(data["images"]):
+        if record["id"] in seen:
+            raise UserError(f"{path}: images[{index}].id = {record['id']!r} is used by another image too; "
+                            "image ids must be unique: fix the file")
+        seen.add(record["id"])
+    for index, ann in enumerate(data["annotations"]):
+        check_bbox(ann["bbox"], f"{path}: annotations[{index}].bbox")
     names = {c.get("id"): c.get("name") for c in data["categories"]}
     for cat_id, name in KEPT_CATEGORIES.items():
         if names.get(cat_id) != name:
@@ -53,6 +68,15 @@ def load_coco_json(path: Path) -> dict[str, Any]:
                 f"{path}: category id {cat_id} should be {name!r} (COCO 2017 ids), found {names.get(cat_id)!r}"
             )
     return data
+
+
+def check_bbox(bbox: Any, where: str) -> None:
+    """A COCO ``[x, y, w, h]``: four finite numbers, ``w, h >= 0``; else one line."""
+    if (not isinstance(bbox, list) or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+        raise UserError(f"{where} = {bbox!r} is not four numbers [x, y, width, height]; fix the annotation")
+    if not all(math.isfinite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
+        raise UserError(f"{where} = {bbox!r} must be finite with width, height >= 0; fix the annotation")
 
 
 def select_road_images(data: dict[str, Any]) -> tuple[list[dict], list[dict]]:

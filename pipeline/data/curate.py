@@ -49,11 +49,29 @@ def split_ids(ids: list[int], val_fraction: float, seed: int) -> tuple[list[int]
     return train, val
 
 
-def _kitti_annotations(frame: kitti.KittiFrame, min_box_size: float, next_id: int) -> list[dict]:
-    """COCO annotations of one KITTI frame: objects, then per-category ignore regions."""
+def clip_box(box: tuple[float, float, float, float], width: int, height: int
+             ) -> tuple[float, float, float, float]:
+    """x1,y1,x2,y2 clipped to the image ``[0, width] x [0, height]``."""
+    x1, y1, x2, y2 = box
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width),
+            min(max(y2, 0.0), height))
+
+
+def _kitti_annotations(frame: kitti.KittiFrame, min_box_size: float, next_id: int,
+                       counts: dict[str, int]) -> list[dict]:
+    """COCO annotations of one KITTI frame: objects, then per-category ignore regions.
+
+    Boxes reaching outside the image are clipped to it (``counts["clipped"]``); a box with no
+    area left inside is dropped (``counts["outside"]``)."""
     anns = []
     for obj in frame.objects:
-        x, y, w, h = _xywh(obj.box)
+        box = clip_box(obj.box, frame.width, frame.height)
+        if box != obj.box:
+            counts["clipped"] += 1
+            if box[2] <= box[0] or box[3] <= box[1]:
+                counts["outside"] += 1
+                continue
+        x, y, w, h = _xywh(box)
         meta = {"type": obj.type, "truncated": obj.truncated, "occluded": obj.occluded}
         group = kitti.GROUPS[obj.type]
         if group is None:
@@ -88,6 +106,7 @@ def curate_kitti(root: Path, name: str, val_fraction: float, seed: int, min_box_
     ids = [f.frame_id for f in frames]
     train_ids, val_ids = split_ids(ids, val_fraction, seed)
     by_id = {f.frame_id: f for f in frames}
+    counts = {"clipped": 0, "outside": 0}
 
     def build(split: str, split_ids_: list[int]) -> dict[str, Any]:
         images, anns = [], []
@@ -95,11 +114,13 @@ def curate_kitti(root: Path, name: str, val_fraction: float, seed: int, min_box_
             frame = by_id[frame_id]
             images.append({"id": frame_id, "file_name": frame.image_path.name,
                            "width": frame.width, "height": frame.height})
-            anns.extend(_kitti_annotations(frame, min_box_size, next_id=len(anns) + 1))
+            anns.extend(_kitti_annotations(frame, min_box_size, len(anns) + 1, counts))
         return _coco_dict(name, "kitti", Path(root) / "image_2", split, KITTI_CATEGORIES, images, anns)
 
-    split = {"dataset": name, "seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids}
-    return Curated(train=build("train", train_ids), val=build("val", val_ids), split=split)
+    train, val = build("train", train_ids), build("val", val_ids)
+    split = {"dataset": name, "seed": seed, "val_fraction": val_fraction, "train": train_ids, "val": val_ids,
+             "boxes_clipped_to_image": counts["clipped"], "boxes_outside_image_dropped": counts["outside"]}
+    return Curated(train=train, val=val, split=split)
 
 
 def _coco_split(root: Path, name: str, json_rel: str, images_rel: str, split: str,

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from pipeline.config import InputParams
 from pipeline.data import transforms as T
+from pipeline.data.images import check_eight_bit
 from pipeline.errors import UserError
 from pipeline.structures import Batch
 
@@ -54,6 +55,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """Decode an image file to ``[H, W, 3]`` uint8 RGB."""
     try:
         with Image.open(path) as image:
+            check_eight_bit(path, image.mode)
             return np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"{path}: cannot read image ({err}); replace or remove the file") from None

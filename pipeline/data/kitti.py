@@ -9,11 +9,13 @@ raises :class:`~pipeline.errors.UserError` naming the file, the line and the fie
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from pipeline.data.images import check_eight_bit
 from pipeline.errors import UserError
 
 RAW_CLASSES = ("Car", "Van", "Truck", "Tram", "Pedestrian", "Person_sitting", "Cyclist", "Misc", "DontCare")
@@ -74,6 +76,9 @@ def parse_label_line(line: str, where: str) -> KittiObject:
             values.append(float(text))
         except ValueError:
             raise UserError(f"{where}: field {name!r} = {text!r} is not a number") from None
+        if name in ("truncated", "occluded", "x1", "y1", "x2", "y2") and not math.isfinite(values[-1]):
+            raise UserError(f"{where}: field {name!r} = {text!r} is not a finite number; fix the value or "
+                            "remove the line")
     truncated, occluded, _alpha, x1, y1, x2, y2 = values[:7]
     if x2 < x1 or y2 < y1:
         raise UserError(
@@ -87,24 +92,33 @@ def parse_label_line(line: str, where: str) -> KittiObject:
 
 def read_labels(path: Path) -> tuple[KittiObject, ...]:
     """All objects of one label file (blank lines skipped)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: byte 0x{raw[err.start]:02x} is not UTF-8 text; KITTI label files are "
+                        "plain ASCII: fix or re-download the file") from None
     objects = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             objects.append(parse_label_line(line, f"{path} line {number}"))
     return tuple(objects)
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header; unreadable files raise UserError.
+    """``(width, height)`` from the image header; unreadable or non-8-bit files raise UserError.
 
     Only the header is read (curation of 7,481 KITTI frames stays I/O-light); pixel data
     that is corrupt past the header is reported by the data loader when it decodes it.
     """
     try:
         with Image.open(path) as image:
-            return image.size
+            mode, size = image.mode, image.size
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"{path}: cannot read image ({err}); replace or remove the file") from None
+    check_eight_bit(path, mode)
+    return size
 
 
 def _frame_id(stem: str, path: Path) -> int:
@@ -137,6 +151,13 @@ def read_kitti_folder(root: Path) -> list[KittiFrame]:
             raise UserError(f"{image}: image has no label file {label_dir}/{stem}.txt; add an empty label file or remove the image")
     if not images:
         raise UserError(f"{image_dir}: no images found (expected *.png); check the dataset folder")
+    owner: dict[int, Path] = {}
+    for stem, image in sorted(images.items()):
+        frame_id = _frame_id(stem, image)
+        if frame_id in owner:
+            raise UserError(f"{image}: frame id {frame_id} is also {owner[frame_id]}; one frame per number: "
+                            "rename or remove one of them (and its label file)")
+        owner[frame_id] = image
     frames = []
     for stem in sorted(images, key=lambda s: _frame_id(s, images[s])):
         width, height = image_size(images[stem])

@@ -7,13 +7,14 @@ backends are timed in alternating rounds (:func:`measure_interleaved`).
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.io import read_json
 
 
 def time_calls(fn: Callable[[], object], warmup: int, iters: int,
@@ -99,7 +100,7 @@ def plot_pareto(json_files: list[Path], png: Path, title: str) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(Path(f).read_text()) for f in sorted(json_files)]
+    records = [read_json(Path(f), "the benchmark stage (dvc repro)") for f in sorted(json_files)]
     points = pareto_points(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     models = sorted({p[0] for p in points})

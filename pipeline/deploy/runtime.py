@@ -283,6 +283,8 @@ class DeployedDetector:
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
         path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: no such export folder or file; run the export stage (dvc repro) or fix the path")
         folder, name = (path, "model.onnx") if path.is_dir() else (path.parent, path.name)
         self.manifest = read_manifest(folder)
         self.path = folder / name

@@ -122,6 +122,10 @@ def _check_finite(losses: dict[str, Tensor], iteration: int, run_dir: Path) -> N
             )
 
 
+#: What every ``last.pt`` holds (see :func:`train`).
+RESUME_KEYS = frozenset({"fingerprint", "epoch", "history", "model", "optimizer"})
+
+
 def _resume(run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
             device: torch.device, extra_module: nn.Module | None = None) -> tuple[int, list[dict[str, float]]]:
     """Restore ``last.pt`` if it belongs to this configuration: ``(next_epoch, history)``."""
@@ -129,6 +133,10 @@ def _resume(run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.
     if not path.exists():
         return 0, []
     state = load_torch(path)
+    if not isinstance(state, dict) or not RESUME_KEYS <= set(state):
+        found = type(state).__name__ if not isinstance(state, dict) else f"keys {sorted(state)[:6]}"
+        raise UserError(f"{path}: not a resume checkpoint of this pipeline ({found}); delete it (training then "
+                        "starts afresh) or restore the stage's own last.pt")
     if state.get("fingerprint") != fingerprint:
         return 0, []
     model.load_state_dict(state["model"])

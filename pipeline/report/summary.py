@@ -16,17 +16,19 @@ the evaluate stage on the same device and val split. A missing file leaves its c
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.io import read_json
 
 ROLE_ORDER = {"teacher": 0, "baseline": 1}
 BACKBONE_ORDER = {"resnet101": 0, "resnet50": 1, "resnet18": 2}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "the benchmark stage (dvc repro)") if path.is_file() else None
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -37,7 +39,10 @@ def model_rows(metrics_dir: Path) -> list[dict[str, Any]]:
     """One record per evaluated model, teacher first, then per backbone baseline before methods."""
     rows = []
     for path in sorted(Path(metrics_dir).glob("*.json")):
-        data = json.loads(path.read_text())
+        data = read_json(path, "the evaluate stage (dvc repro)")
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a metrics file of the evaluate stage (a json object); delete it and "
+                            "run dvc repro")
         if "mAP50" not in data:
             continue
         role, _, backbone = path.stem.rpartition("-")

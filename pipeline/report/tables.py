@@ -46,7 +46,7 @@ def read_metrics(metrics_dir: Path, model: str) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
         float(data["mAP50"]), float(data["voc_mAP50"])
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not a metrics file of the evaluate stage ({type(err).__name__}: {err}); "
                         "re-run its evaluate stage (dvc repro)") from None
     return data
