@@ -216,6 +216,43 @@ def test_faster_rcnn_onnx_matches_pytorch(tmp_path):
                                    sorted_rows(ref[i].boxes, ref[i].scores, ref[i].labels), atol=2e-3)
 
 
+def test_faster_rcnn_second_stage_candidates_are_capped_alike_in_pytorch_and_the_graph(tmp_path):
+    from pipeline.deploy.trt_readiness import check_graph
+
+    model = tiny_model("faster_rcnn")
+    roi = model.head.roi_head
+    assert roi.max_candidates == 5000                     # TensorRT's NMS limit, the default
+    roi.max_candidates = 200                              # binds here: ~3000 candidates clear 0.05
+    export_onnx(model, tmp_path / "capped.onnx", INPUT.padded_shape, simplify=False)
+    assert check_graph(tmp_path / "capped.onnx")["nms_boxes_each"][-1] == 200    # RPN's NMS first, then the cap
+    session = ort.InferenceSession(str(tmp_path / "capped.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(2, 3, *INPUT.padded_shape)
+    sizes = [(64, 192), (58, 150)]
+    num, boxes, scores, labels = session.run(None, {"images": images.numpy(),
+                                                    "image_sizes": np.array(sizes, dtype=np.float32)})
+    capped = _predict(model, images, sizes)
+    roi.max_candidates = 5000
+    uncapped = _predict(model, images, sizes)
+    for i in range(2):
+        k = int(num[i, 0])
+        assert k == len(capped[i]) > 0
+        np.testing.assert_allclose(sorted_rows(boxes[i, :k], scores[i, :k], labels[i, :k]),
+                                   sorted_rows(capped[i].boxes, capped[i].scores, capped[i].labels), atol=2e-3)
+    assert any(len(c) != len(u) or not torch.equal(c.scores, u.scores) for c, u in zip(capped, uncapped))
+
+
+def test_faster_rcnn_graph_with_many_classes_stays_within_tensorrts_nms_limit(tmp_path):
+    from pipeline.deploy.trt_readiness import NMS_MAX_BOXES, check_graph
+
+    torch.manual_seed(0)
+    model = build_detector("faster_rcnn", "resnet18", 13, fpn_channels=64).eval()   # COCO-Traffic: 13 classes
+    export_onnx(model, tmp_path / "model.onnx", INPUT.padded_shape, simplify=False)
+    report = check_graph(tmp_path / "model.onnx")
+    assert report["nms_boxes_each"][-1] == NMS_MAX_BOXES == 5000       # 1000 proposals x 13 classes, capped
+    assert report["nms_boxes_per_image"] <= NMS_MAX_BOXES
+    assert not [p for p in report["problems"] if "NMS" in p]
+
+
 @pytest.mark.slow
 def test_precision_variants_keep_post_processing_in_fp32_and_run_on_ort_cpu(world):
     train, _ = world

@@ -99,3 +99,35 @@ def test_second_repro_is_up_to_date_and_metrics_are_listed(repro):
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     shown = subprocess.run([dvc, "metrics", "show", "--json"], cwd=root, env=env, capture_output=True, text=True)
     assert "baseline-resnet18.json" in shown.stdout and "mAP50" in shown.stdout
+
+
+def stale_stages(root: Path, env: dict, edit) -> set[str]:
+    """Names of the stages `dvc status` reports after ``edit(params)`` is applied to params.yaml
+    (restored afterwards)."""
+    path = root / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json"], cwd=root, env=env,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return set(json.loads(out.stdout or "{}"))
+    finally:
+        path.write_text(original)
+
+
+def test_edits_rerun_only_the_stages_they_change(repro):
+    root, env = repro
+    # a new model in deploy.models adds its own export and benchmark; every existing stage stays put
+    added = stale_stages(root, env, lambda p: p["deploy"]["models"].append("inherit_only-resnet18"))
+    assert added == {"export@synthetic-gfl-inherit_only-resnet18", "benchmark@synthetic-gfl-inherit_only-resnet18"}
+    # benchmark.iters touches the benchmark stages only
+    iters = stale_stages(root, env, lambda p: p["benchmark"].update(iters=4))
+    assert iters == {"benchmark@synthetic-gfl-baseline-resnet18", "benchmark@synthetic-gfl-gkd_bmfi-resnet18"}
+    # the worker count does not change the trained weights: nothing reruns
+    assert stale_stages(root, env, lambda p: p["train"].update(num_workers=2)) == set()
+    # flips are training-only: training stages rerun, evaluation-only stages do not depend on them
+    flips = stale_stages(root, env, lambda p: p["input"].update(flip_prob=0.3))
+    assert flips and all(name.split("@")[0] in {"train", "distill", "replica"} for name in flips), flips

@@ -2,11 +2,20 @@
 
 Boxes are ``[K, 4]`` float32 x1,y1,x2,y2 in pixels. Functions are pure (numpy in, numpy
 out) so the exported-model runtime can share the exact preprocessing rule.
+
+The resize is the one a C++ or GPU pipeline can reproduce: bilinear with half-pixel centres
+and no antialiasing, which is what ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)`` and
+NPP's linear resize compute (PIL's ``BILINEAR`` filters over the whole footprint when shrinking,
+so nothing outside PIL reproduces it). Training, evaluation, the export parity gate and the
+runtime all call :func:`resize_image`.
 """
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+
+#: How :func:`resize_bilinear` samples, stated in the export manifest for other implementations.
+INTERPOLATION = ("bilinear, half-pixel centres: src = (dst + 0.5) * in_size / out_size - 0.5, clamped to "
+                 "[0, in_size - 1]; no antialiasing; rounded half up to uint8 (cv2.INTER_LINEAR)")
 
 
 def fit_scale(width: int, height: int, box_width: int, box_height: int) -> float:
@@ -14,8 +23,29 @@ def fit_scale(width: int, height: int, box_width: int, box_height: int) -> float
     return min(box_width / width, box_height / height)
 
 
+def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index along one axis: the two source indices and the weight of the second."""
+    pos = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    pos = np.clip(pos, 0.0, in_size - 1)
+    first = np.floor(pos).astype(np.int64)
+    second = np.minimum(first + 1, in_size - 1)
+    return first, second, (pos - first).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, out_width: int, out_height: int) -> np.ndarray:
+    """``[H, W, C]`` uint8 -> ``[out_height, out_width, C]`` uint8, sampled as :data:`INTERPOLATION`
+    (separable: rows, then columns, in float32)."""
+    height, width = image.shape[:2]
+    y0, y1, wy = _taps(height, out_height)
+    x0, x1, wx = _taps(width, out_width)
+    pixels = image.astype(np.float32)
+    rows = pixels[y0] * (1.0 - wy)[:, None, None] + pixels[y1] * wy[:, None, None]
+    out = rows[:, x0] * (1.0 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
 def resize_image(image: np.ndarray, box_width: int, box_height: int) -> tuple[np.ndarray, float, float]:
-    """Keep-ratio bilinear resize of an ``[H, W, 3]`` uint8 image into the box.
+    """Keep-ratio bilinear resize (:func:`resize_bilinear`) of an ``[H, W, 3]`` uint8 image into the box.
 
     Returns the resized image and the exact per-axis factors ``(sx, sy)`` (the rounded
     output size divided by the input size, as MMDetection records them).
@@ -25,7 +55,7 @@ def resize_image(image: np.ndarray, box_width: int, box_height: int) -> tuple[np
     new_w = max(1, int(round(width * scale)))
     new_h = max(1, int(round(height * scale)))
     if (new_w, new_h) != (width, height):
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        image = resize_bilinear(image, new_w, new_h)
     return image, new_w / width, new_h / height
 
 

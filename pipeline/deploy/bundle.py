@@ -17,6 +17,7 @@ import onnxruntime
 import torch
 
 from pipeline.config import Params
+from pipeline.data import transforms as T
 from pipeline.data.dataset import CuratedDataset
 from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, export_onnx
 from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write_manifest
@@ -128,7 +129,8 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
                   "layout": "NCHW", "dynamic_batch": deploy.dynamic_batch,
                   "image_sizes": {"name": INPUT_NAMES[1], "shape": ["N", 2], "dtype": "float32",
                                   "meaning": "(h, w) of each resized image before padding; boxes are clipped to it"}},
-        "preprocessing": preprocessing_record(inp.width, inp.height, input_hw, inp.mean, inp.std),
+        "preprocessing": preprocessing_record(inp.width, inp.height, input_hw, inp.mean, inp.std,
+                                              T.INTERPOLATION),
         "outputs": {"names": list(OUTPUT_NAMES), "num_dets": "[N, 1] int32",
                     "boxes": f"[N, {info.max_detections}, 4] float32 x1,y1,x2,y2 in network-input pixels",
                     "scores": f"[N, {info.max_detections}] float32 descending",

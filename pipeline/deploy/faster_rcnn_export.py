@@ -135,6 +135,10 @@ class FasterRCNNExport(nn.Module):
         labels = torch.arange(c, device=images.device).repeat(p).unsqueeze(0).expand(n, -1)
         keep = valid.unsqueeze(-1).expand(-1, -1, c).reshape(n, p * c) & (scores > self.roi.score_thresh)
         scores = torch.where(keep, scores, torch.full_like(scores, INVALID))
+        if p * c > self.roi.max_candidates:     # as the PyTorch head: NMS sees the top max_candidates only
+            scores, top = scores.topk(self.roi.max_candidates, dim=1)
+            boxes = boxes.gather(1, top.unsqueeze(-1).expand(-1, -1, 4))
+            labels = labels.gather(1, top)
         selected = class_aware_nms(boxes, scores, labels, self.roi.nms_thresh, self.roi.score_thresh, self.max_det,
                                    self.class_offset)
         return padded_top_k(selected, boxes, scores, labels, self.max_det)

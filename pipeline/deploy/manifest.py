@@ -7,8 +7,9 @@ prepended to the artifacts themselves (TensorRT plans stay pure)::
     model           dataset, detector, model, backbone, checkpoint path and sha256
     class_names     label index -> name
     input           images: shape [N|1, 3, H, W] float32 NCHW; image_sizes: [N, 2] float32 (h, w)
-    preprocessing   RGB uint8 -> keep-ratio bilinear resize into resize_wh -> (x - mean) / std
-                    -> zero pad bottom/right to H x W; normalize_in_graph false
+    preprocessing   RGB uint8 -> keep-ratio resize into resize_wh (interpolation: half-pixel
+                    bilinear, no antialias, as cv2.INTER_LINEAR) -> (x - mean) / std -> pad_value
+                    0 at bottom/right to pad_hw; channel_order RGB; normalize_in_graph false
     outputs         num_dets [N,1] int32, boxes [N,K,4] float32 x1,y1,x2,y2 input pixels,
                     scores [N,K] float32, labels [N,K] int32 (-1 = empty slot)
     nms             score/IoU thresholds, K, pre-NMS top-k, class-aware
@@ -33,18 +34,22 @@ from pipeline.io import file_sha256 as sha256  # noqa: F401  (re-exported: the m
 FORMAT = "gkd-bmfi-export/1"
 MANIFEST = "manifest.json"
 REQUIRED = ("format", "model", "class_names", "input", "preprocessing", "outputs", "nms", "artifacts")
-PREPROCESSING_KEYS = ("resize_wh", "mean", "std", "pad_hw", "normalize_in_graph")
+PREPROCESSING_KEYS = ("resize_wh", "mean", "std", "pad_hw", "normalize_in_graph", "interpolation")
 ENGINE_KEYS = ("precision", "sha256", "tensorrt_version", "gpu_name", "compute_capability")
 
 
 def preprocessing_record(width: int, height: int, pad_hw: tuple[int, int], mean: tuple[float, ...],
-                         std: tuple[float, ...]) -> dict[str, Any]:
-    """The preprocessing contract (``params.input``), as the runtime applies it."""
+                         std: tuple[float, ...], interpolation: str) -> dict[str, Any]:
+    """The preprocessing contract (``params.input``), as training, evaluation and the runtime apply
+    it, in numbers another implementation (C++, CUDA/NPP) can follow."""
     return {
-        "color": "RGB", "dtype": "uint8 HxWx3 in, float32 NCHW out",
-        "resize": "keep aspect ratio, scale = min(resize_w / w, resize_h / h), size rounded, PIL bilinear",
+        "color": "RGB", "channel_order": ["R", "G", "B"], "dtype": "uint8 HxWx3 in, float32 NCHW out",
+        "resize": "keep aspect ratio: scale = min(resize_w / w, resize_h / h); out size = round(w * scale), "
+                  "round(h * scale), at least 1",
+        "interpolation": interpolation,
         "resize_wh": [int(width), int(height)], "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-        "pad": "zeros after normalisation, bottom and right", "pad_hw": [int(pad_hw[0]), int(pad_hw[1])],
+        "normalize": "(x - mean) / std per channel, float32, after the resize",
+        "pad": "bottom and right, after normalisation", "pad_value": 0.0, "pad_hw": [int(pad_hw[0]), int(pad_hw[1])],
         "normalize_in_graph": False,
     }
 

@@ -7,7 +7,8 @@
     found.boxes, found.scores, found.names    # x1,y1,x2,y2 in the image's own pixels
     found = det.detect(frame, bgr=True, score_threshold=0.3)   # an OpenCV/camera BGR frame
 
-Dependencies: numpy, Pillow (the training resize, so preprocessing is bit-identical) and
+Dependencies: numpy (the training resize, :func:`pipeline.data.transforms.resize_bilinear`, so
+preprocessing is bit-identical; cv2.INTER_LINEAR reproduces it within one grey level) and
 onnxruntime, or tensorrt + cuda-python for ``model-<precision>.engine`` files. Every file is
 checked against ``manifest.json`` (sha256, input shape); engines also against the installed
 TensorRT version and the GPU.

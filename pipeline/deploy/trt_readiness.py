@@ -80,7 +80,7 @@ class _Graph:
     """Types, shapes and constants of a model after ONNX shape inference."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
         self.nodes = list(inferred.node)
         values = [*inferred.value_info, *inferred.input, *inferred.output]
         self.types = {v.name: v.type.tensor_type.elem_type for v in values}
@@ -153,8 +153,8 @@ def _node_problem(node: onnx.NodeProto, g: _Graph) -> str | None:
 
 def check_graph(path: Path) -> dict[str, Any]:
     """The readiness record of one ONNX file: ``ready``, ``source``, ``nodes`` checked,
-    ``problems`` (``"<node> (<op>): <reason>"``), and ``nms_boxes_per_image`` (the largest count
-    the shapes give, ``None`` where they do not say)."""
+    ``problems`` (``"<node> (<op>): <reason>"``), ``nms_boxes_per_image`` (the largest count
+    the shapes give, ``None`` where they do not say) and ``nms_boxes_each`` (per NMS node, in order)."""
     g = _Graph(onnx.load(str(path)))
     problems = []
     nms_boxes: list[int | None] = []
@@ -167,7 +167,7 @@ def check_graph(path: Path) -> dict[str, Any]:
             nms_boxes.append(shape[1] if len(shape) == 3 else None)
     known = [b for b in nms_boxes if b is not None]
     return {"ready": not problems, "source": SOURCE, "nodes": len(g.nodes), "problems": problems,
-            "nms_boxes_per_image": max(known) if known else None,
+            "nms_boxes_per_image": max(known) if known else None, "nms_boxes_each": nms_boxes,
             "nms_limit": NMS_MAX_BOXES, "nms_unverified": sum(b is None for b in nms_boxes)}
 
 

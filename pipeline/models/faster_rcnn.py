@@ -443,9 +443,17 @@ def _init_shared_fcs(box_head: TwoMLPHead) -> None:
         nn.init.zeros_(fc.bias)
 
 
+#: At most this many (box, class) candidates per image enter the second-stage NMS: the most
+#: TensorRT's NMS layer considers (its documented limit), so PyTorch, ONNX Runtime and TensorRT
+#: agree. MMDetection has no cap; at 1000 proposals it binds only above 5 classes, and only when
+#: more than 5000 candidates clear ``score_thr`` (the lowest-scoring ones are dropped).
+MAX_NMS_CANDIDATES = 5000
+
+
 class MMDetRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` with mmdet's label convention (background = ``C``),
-    assigner, L1 class-specific box loss and ``multiclass_nms`` post-processing."""
+    assigner, L1 class-specific box loss and ``multiclass_nms`` post-processing (with the
+    candidates capped at ``max_candidates``, :data:`MAX_NMS_CANDIDATES`)."""
 
     def __init__(
         self,
@@ -462,6 +470,7 @@ class MMDetRoIHeads(RoIHeads):
         score_thr: float = 0.05,
         nms_iou: float = 0.5,
         max_per_img: int = 100,
+        max_candidates: int = MAX_NMS_CANDIDATES,
     ) -> None:
         super().__init__(
             box_roi_pool,
@@ -478,6 +487,7 @@ class MMDetRoIHeads(RoIHeads):
         )
         self.box_coder = MMDetBoxCoder(target_stds)
         self.num_classes = box_predictor.num_classes
+        self.max_candidates = int(max_candidates)
         self.pos_iou_thr = pos_iou_thr
         self.neg_iou_thr = neg_iou_thr
         self.min_pos_iou = min_pos_iou
@@ -543,7 +553,8 @@ class MMDetRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """mmdet ``multiclass_nms``: softmax, class-specific decode clipped to the image,
-        drop background, keep ``score > score_thr``, class-wise NMS, top ``max_per_img``.
+        drop background, keep ``score > score_thr``, the ``max_candidates`` highest-scoring of
+        them, class-wise NMS, top ``max_per_img``.
 
         Returns per image boxes ``[K, 4]``, scores ``[K]``, labels ``[K]`` (0..C-1),
         sorted by decreasing score.
@@ -558,6 +569,8 @@ class MMDetRoIHeads(RoIHeads):
             labels = torch.arange(num_classes, device=scores.device).expand_as(scores).reshape(-1)
             scores = scores.reshape(-1)
             keep = torch.where(scores > self.score_thresh)[0]
+            if keep.numel() > self.max_candidates:
+                keep = keep[scores[keep].topk(self.max_candidates).indices]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             out_boxes.append(boxes[keep])
