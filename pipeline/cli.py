@@ -52,7 +52,8 @@ def summary(folder: Path, benchmark: Path | None = None) -> str:
         try:
             backends = json.loads(bench_file.read_text()).get("backends", {})
         except (json.JSONDecodeError, AttributeError):
-            raise UserError(f"{bench_file}: not a benchmark json; re-run the benchmark stage or pass --benchmark") from None
+            raise UserError(f"{bench_file}: not a benchmark json; re-run the benchmark stage or pass "
+                            "--benchmark") from None
     m, inp, pre = manifest["model"], manifest["input"], manifest["preprocessing"]
     lines = [f"{folder}: {m['model']} ({m['detector']}, {m['backbone']}) trained on {m['dataset']}",
              f"input: {inp['name']} {inp['shape']} {inp['dtype']} {inp.get('layout', 'NCHW')}, "
@@ -67,7 +68,8 @@ def summary(folder: Path, benchmark: Path | None = None) -> str:
         mAP = f"{ev['mAP50']:.2f}" if "mAP50" in ev else entry.get("skipped", "-")
         delta = f"{ev['delta_mAP50_vs_fp32']:+.2f}" if "delta_mAP50_vs_fp32" in ev else "-"
         ready = entry.get("tensorrt_readiness")
-        verdict = "-" if ready is None else ("yes" if ready.get("ready") else f"no ({len(ready.get('problems', []))} problems)")
+        problems = len((ready or {}).get("problems", []))
+        verdict = "-" if ready is None else ("yes" if ready.get("ready") else f"no ({problems} problems)")
         lines.append(f"| {name} | {entry.get('precision', '-')} | {entry.get('runtime', '-')} | {mAP} | {delta} | "
                      f"{verdict} | {_latency(backends, entry.get('precision', ''))} |")
     return "\n".join(lines)

@@ -3,9 +3,9 @@
     python stages/distill.py <dataset> <detector> <student backbone> <method>
 
 Writes models/<dataset>/<detector>/<method>-<student>.pt (the model-file format of the train
-stage, role = method, its meta holding the KD weights as balanced), logs/train/<dataset>/<detector>/
-<method>-<student>.json (per-epoch loss terms, KD terms, KD-to-task gradient ratio and the KD
-weights), logs/kd_balance/<dataset>/<detector>/<method>-<student>.json (that ratio at the
+stage, role = method, its meta holding the KD weights as balanced), dvclive/<dataset>/<detector>/
+<method>-<student>/ (loss and KD terms every few steps; per epoch also the KD-to-task gradient
+ratio and the KD weights), logs/kd_balance/<dataset>/<detector>/<method>-<student>.json (that ratio at the
 calibration, epoch 0, and after every epoch: a DVC plot) and plots/gradmaps/<dataset>/<detector>/
 <method>-<student>/<image>.png (teacher and student gradient maps at the start and end, the
 paper's Fig. 4). The teacher is
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     with distiller:
         result = train(student, data, cfg, run.checkpoint_dir, device, key, extra=distiller, desc=str(run),
                        extra_module=method, rank=env.rank, world_size=env.world_size,
-                       wrap=distributed.ddp_wrapper(env, device), epoch_metrics=epoch_metrics)
+                       wrap=distributed.ddp_wrapper(env, device), epoch_metrics=epoch_metrics,
+                       log_dir=run.live_dir)
     if not env.is_main:
         distributed.teardown(env)
         return
@@ -144,7 +145,6 @@ def main(argv: list[str] | None = None) -> None:
     save_model(run.model_path, student, arch,
                meta={"role": args.method, "epochs": epochs, "dataset": run.dataset, "teacher": d.teacher,
                      "inherit": d.inherit, "inherited_tensors": len(inherited), "kd_balance": balance})
-    write_json(run.train_log_path, result.history)
     write_json(balance_log_path(run), balance_rows(balance, result.history))
     last = result.history[-1] if result.history else {}
     kd = {k: round(v, 4) for k, v in last.items() if k.startswith("kd_")}

@@ -1,8 +1,8 @@
 """DVC stage `train@<dataset>-<detector>-<model>`: train a teacher or a baseline student.
 
-Writes models/<dataset>/<detector>/<model>.pt and logs/train/<dataset>/<detector>/<model>.json
-(per-epoch loss terms, learning rate, images/s: a DVC plot). Resumable state lives in
-checkpoints/<dataset>/<detector>/<model>/last.pt (a persistent DVC output), so a killed
+Writes models/<dataset>/<detector>/<model>.pt and, through DVCLive, dvclive/<dataset>/<detector>/
+<model>/ (loss terms, learning rate, images/s every few steps and per epoch: DVC metrics and
+plots). Resumable state lives in checkpoints/<dataset>/<detector>/<model>/last.pt (a persistent DVC output), so a killed
 `dvc repro` continues from the last finished epoch.
 
 Runs as one process (``python stages/train.py ...``) or data-parallel under torchrun
@@ -20,7 +20,6 @@ from pipeline.engine.recipe import loop_config, role_epochs, training_set, weigh
 from pipeline.engine.runs import RunId, resolve_device
 from pipeline.engine.trainer import seed_everything, train
 from pipeline.errors import exit_on_user_error
-from pipeline.io import write_json
 from pipeline.models.factory import build_detector
 
 
@@ -49,11 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images])
     start = time.perf_counter()
     result = train(model, data, cfg, run.checkpoint_dir, device, key, desc=str(run), rank=env.rank,
-                   world_size=env.world_size, wrap=distributed.ddp_wrapper(env, device))
+                   world_size=env.world_size, wrap=distributed.ddp_wrapper(env, device), log_dir=run.live_dir)
     if env.is_main:
         save_model(run.model_path, model, arch, meta={"role": run.role, "epochs": epochs, "dataset": run.dataset,
                                                       "processes": env.world_size})
-        write_json(run.train_log_path, result.history)
         rate = sum(h["images_per_s"] for h in result.history) / max(1, len(result.history))
         print(f"trained {run} in {time.perf_counter() - start:.0f} s on {env.world_size} x {device} "
               f"({rate:.2f} images/s, final loss {result.history[-1]['loss']:.3f}) -> {run.model_path}")

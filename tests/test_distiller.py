@@ -265,8 +265,11 @@ def test_distill_stage_writes_model_log_and_gradient_map_pictures(tmp_path, monk
                                                                             "teacher-resnet18")
     teacher_state = read_model_file(Path("models/synthetic/gfl/teacher-resnet18.pt"))[1]
     assert all(torch.equal(v, teacher_state[k]) for k, v in captured["head"].items())
-    history = json.loads(run.train_log_path.read_text())
-    assert len(history) == 1 and "kd_gkd_bmfi_gkd" in history[0]
+    live = json.loads((run.live_dir / "metrics.json").read_text())        # DVCLive: step and epoch figures
+    assert live["epoch"]["epoch"] == 1 and "kd_gkd_bmfi_gkd" in live["epoch"] and "kd_task_grad_ratio" in live["epoch"]
+    assert {"loss", "lr", "images_per_s", "kd_gkd_bmfi_gkd"} <= set(live["train"])
+    steps = (run.live_dir / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert steps[0] == "step\tloss" and len(steps) > 1
     pictures = sorted((Path("plots/gradmaps/synthetic/gfl") / run.model).glob("*.png"))
     assert len(pictures) == 1
     with Image.open(pictures[0]) as image:

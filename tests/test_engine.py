@@ -1,6 +1,8 @@
 """Training loop, schedule and checkpoints: resume, NaN stop, and bad checkpoints."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -55,8 +57,9 @@ class ToyData(torch.utils.data.Dataset):
         return 6
 
     def __getitem__(self, i):
-        from pipeline.data.dataset import Sample
         import numpy as np
+
+        from pipeline.data.dataset import Sample
         g = np.random.default_rng(i)
         return Sample(image=g.standard_normal((3, 8, 8)).astype("float32"),
                       boxes=np.array([[i, i, i + 4, i + 4]], "float32"), labels=np.array([0]),
@@ -158,3 +161,35 @@ def test_batch_to_original_round_trip():
     inp = original * torch.tensor([0.5, 0.25, 0.5, 0.25])
     inp = torch.stack([50 - inp[:, 2], inp[:, 1], 50 - inp[:, 0], inp[:, 3]], dim=1)
     torch.testing.assert_close(batch.to_original(0, inp), original)
+
+
+def _tsv(path):
+    lines = path.read_text().splitlines()
+    return [tuple(line.split("\t")) for line in lines[1:]]
+
+
+def test_dvclive_log_has_step_and_epoch_metrics_and_a_resumed_run_continues_it(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    every_step = LoopConfig(**{**CFG.__dict__, "epochs": 2})
+    torch.manual_seed(0)
+    train(ToyDetector(), ToyData(), every_step, tmp_path / "ckpt", torch.device("cpu"), "fp", log_dir=tmp_path / "live")
+    uninterrupted = {p.relative_to(tmp_path / "live"): _tsv(p) for p in (tmp_path / "live").rglob("*.tsv")}
+    torch.manual_seed(0)
+    first = LoopConfig(**{**CFG.__dict__, "epochs": 1})
+    train(ToyDetector(), ToyData(), first, tmp_path / "ckpt2", torch.device("cpu"), "fp", log_dir=tmp_path / "live2")
+    loss = tmp_path / "live2" / "plots" / "metrics" / "train" / "loss.tsv"
+    with open(loss, "a") as handle:                       # a killed attempt's row past the checkpoint
+        handle.write("4\t99.0\n")
+    train(ToyDetector(), ToyData(), every_step, tmp_path / "ckpt2", torch.device("cpu"), "fp",
+          log_dir=tmp_path / "live2")
+    resumed = {p.relative_to(tmp_path / "live2"): _tsv(p) for p in (tmp_path / "live2").rglob("*.tsv")}
+    # 3 iterations per epoch: steps logged at 0 and at each epoch's end; epochs at 2 and 5
+    assert [row[0] for row in uninterrupted[Path("plots/metrics/train/loss.tsv")]] == ["0", "2", "5"]
+    assert [row for row in uninterrupted[Path("plots/metrics/epoch/epoch.tsv")]] == [("2", "1.0"), ("5", "2.0")]
+    assert set(resumed) == set(uninterrupted)
+    for name, rows in uninterrupted.items():                # same steps, each once (timestamps aside)
+        assert [r[0] for r in resumed[name]] == [r[0] for r in rows], name
+    summary = json.loads((tmp_path / "live2" / "metrics.json").read_text())
+    assert summary["epoch"]["epoch"] == 2 and {"loss", "loss_fit", "lr", "images_per_s"} <= set(summary["train"])

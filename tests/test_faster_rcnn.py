@@ -71,7 +71,8 @@ def two_image_batch() -> Batch:
 
 
 def test_state_dict_matches_mmdet_fixture() -> None:
-    fixture = json.loads(reference_fixture("mmdet/mmdet330_models_3cls.json").read_text())["models"]["faster_rcnn_r18"]["state_dict"]
+    models = json.loads(reference_fixture("mmdet/mmdet330_models_3cls.json").read_text())["models"]
+    fixture = models["faster_rcnn_r18"]["state_dict"]
     expected = {k: list(v) for k, v in fixture.items() if k.startswith(("rpn_head.", "roi_head."))}
     heads = FasterRCNNHeads(num_classes=3)
     ours = {}

@@ -48,8 +48,9 @@ class RunId:
         return Path("detections") / self.dataset / self.detector / f"{self.model}.npz"
 
     @property
-    def train_log_path(self) -> Path:
-        return Path("logs") / "train" / self.dataset / self.detector / f"{self.model}.json"
+    def live_dir(self) -> Path:
+        """The run's DVCLive folder (training metrics, :mod:`pipeline.engine.live`)."""
+        return Path("dvclive") / self.dataset / self.detector / self.model
 
     def __str__(self) -> str:
         return f"{self.dataset}/{self.detector}/{self.model}"

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from pipeline.data.dataset import collate
 from pipeline.engine.checkpoint import load_torch, save_torch
+from pipeline.engine.live import TrainingLog
 from pipeline.engine.schedule import lr_factor
 from pipeline.errors import UserError
 from pipeline.structures import Batch
@@ -158,7 +159,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
           wrap: Callable[[nn.Module], nn.Module] | None = None, desc: str = "train",
           on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
           extra_module: nn.Module | None = None,
-          epoch_metrics: Callable[[int], dict[str, float]] | None = None) -> TrainResult:
+          epoch_metrics: Callable[[int], dict[str, float]] | None = None,
+          log_dir: Path | None = None) -> TrainResult:
     """Train ``model`` in place.
 
     Args:
@@ -175,6 +177,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
             is kept in ``last.pt`` for resuming, not in the model.
         epoch_metrics: called on every process after each epoch's last step with the epoch
             index; its figures join that epoch's record (and so the checkpointed history).
+        log_dir: rank 0 logs the loss terms, lr and images/s every few steps and each epoch's
+            record there through DVCLive (:class:`pipeline.engine.live.TrainingLog`).
 
     An ``extra`` with a ``set_loss_scale`` method is told the GradScaler's current scale before
     each step under mixed precision (the distiller scales its own gradients with it).
@@ -198,64 +202,75 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     iters_per_epoch = len(loader)
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        model.train()
-        if extra_module is not None:
-            extra_module.train()
-        sums: dict[str, float] = {}
-        seen, start = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", disable=not is_main,
-                   mininterval=2.0, dynamic_ncols=True, leave=True)
-        for step, batch in enumerate(bar):
-            iteration = epoch * iters_per_epoch + step
-            factor = lr_factor(iteration, epoch, cfg.warmup_iters, cfg.warmup_ratio, cfg.lr_steps, cfg.gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * factor
-            batch = batch.to(device)
-            if use_amp and hasattr(extra, "set_loss_scale"):
-                extra.set_loss_scale(scaler.get_scale())
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                feats = stepper.features(batch.images) if wrap is None else stepper(batch.images)
-                losses = model.losses(feats, batch)
-                if extra is not None:
-                    losses.update(extra(feats, batch, losses))
-            _check_finite(losses, iteration, run_dir)
-            total = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if world_size > 1 and extra_module is not None:
-                average_gradients(extra_module, world_size)
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            n = len(batch) * world_size
-            seen += n
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-            if is_main:
-                rate = seen / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"},
-                                refresh=False)
-        elapsed = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "lr": cfg.lr * factor, "images_per_s": seen / max(elapsed, 1e-9),
-                  **{k: v / max(seen, 1) for k, v in sums.items()}}
-        if epoch_metrics is not None:
-            record.update(epoch_metrics(epoch))
-        history.append(record)
-        if is_main:
-            state = {"fingerprint": fingerprint, "epoch": epoch, "history": history,
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    log = TrainingLog(log_dir, start_epoch * iters_per_epoch) if is_main and log_dir is not None else None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            model.train()
             if extra_module is not None:
-                state["extra_module"] = extra_module.state_dict()
-            save_torch(state, run_dir / "last.pt")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
+                extra_module.train()
+            sums: dict[str, float] = {}
+            seen, start = 0, time.perf_counter()
+            bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", disable=not is_main,
+                       mininterval=2.0, dynamic_ncols=True, leave=True)
+            for step, batch in enumerate(bar):
+                iteration = epoch * iters_per_epoch + step
+                factor = lr_factor(iteration, epoch, cfg.warmup_iters, cfg.warmup_ratio, cfg.lr_steps, cfg.gamma)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * factor
+                batch = batch.to(device)
+                if use_amp and hasattr(extra, "set_loss_scale"):
+                    extra.set_loss_scale(scaler.get_scale())
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    feats = stepper.features(batch.images) if wrap is None else stepper(batch.images)
+                    losses = model.losses(feats, batch)
+                    if extra is not None:
+                        losses.update(extra(feats, batch, losses))
+                _check_finite(losses, iteration, run_dir)
+                total = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                if world_size > 1 and extra_module is not None:
+                    average_gradients(extra_module, world_size)
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                n = len(batch) * world_size
+                seen += n
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+                sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
+                if is_main:
+                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"},
+                                    refresh=False)
+                    if log is not None:
+                        figures = {k: float(v.detach()) for k, v in losses.items()}
+                        figures.update(loss=float(total.detach()), lr=cfg.lr * factor, images_per_s=rate)
+                        log.step(iteration, figures, last_of_epoch=step == iters_per_epoch - 1)
+            elapsed = time.perf_counter() - start
+            record = {"epoch": epoch + 1, "lr": cfg.lr * factor, "images_per_s": seen / max(elapsed, 1e-9),
+                      **{k: v / max(seen, 1) for k, v in sums.items()}}
+            if epoch_metrics is not None:
+                record.update(epoch_metrics(epoch))
+            history.append(record)
+            if is_main:
+                state = {"fingerprint": fingerprint, "epoch": epoch, "history": history,
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                if extra_module is not None:
+                    state["extra_module"] = extra_module.state_dict()
+                save_torch(state, run_dir / "last.pt")
+                if log is not None:
+                    log.epoch(iteration, record)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, record)
+    finally:
+        if log is not None:
+            log.close()
     return result
 
 
