@@ -167,9 +167,14 @@ class DistributedParams(Record):
 
 
 class EvalParams(Record):
-    """Inference settings for evaluation (the detectors' own test configs otherwise)."""
+    """Inference settings for evaluation (the detectors' own test configs otherwise), and the
+    pictures of each evaluated model (``plots/eval/...``): ``pictures`` val images with the
+    predictions scoring at least ``picture_score`` drawn (0: none), precision-recall curves and a
+    confusion matrix at that score."""
 
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    pictures: Annotated[int, Field(ge=0, le=64)] = 4
+    picture_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
 
 
 METHOD_NAME = r"^[a-z][a-z0-9_]*$"

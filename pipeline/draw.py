@@ -30,3 +30,16 @@ def draw_boxes(image: Image.Image, boxes: np.ndarray, captions: Sequence[str],
         if caption:
             draw.text((x1 + 2, max(0.0, y1 - 11)), caption, fill=colour)
     return image
+
+
+def tile_grid(tiles: Sequence[Image.Image], columns: int = 2, tile_width: int = 640) -> Image.Image:
+    """The ``tiles`` scaled to ``tile_width`` and laid out ``columns`` per row on a dark ground."""
+    scaled = [t.resize((tile_width, max(1, round(t.height * tile_width / t.width))), Image.BILINEAR) for t in tiles]
+    if not scaled:
+        return Image.new("RGB", (tile_width, 32), (0, 0, 0))
+    rows = -(-len(scaled) // columns)
+    tile_h = max(t.height for t in scaled)
+    grid = Image.new("RGB", (columns * tile_width, rows * tile_h), (20, 20, 20))
+    for i, tile in enumerate(scaled):
+        grid.paste(tile, ((i % columns) * tile_width, (i // columns) * tile_h))
+    return grid

@@ -1,7 +1,9 @@
 """DVC stage `evaluate@...`: score a model on the val split -> metrics/<dataset>/<detector>/<model>.json.
 
 Also writes detections/<dataset>/<detector>/<model>.npz (every val detection, original pixels) for
-the paired bootstrap of the distillation tables. The metrics file holds the COCO and VOC mAP50 (percent), per-class AP, KITTI AP40 where the
+the paired bootstrap of the distillation tables, and plots/eval/<dataset>/<detector>/<model>/
+(predictions on val images, precision-recall curves, confusion matrix: pipeline/report/pictures.py).
+The metrics file holds the COCO and VOC mAP50 (percent), per-class AP, KITTI AP40 where the
 data has KITTI difficulty fields, the parameter count, GFLOPs at 3x224x224 (one multiply-add
 is one FLOP, as the paper's Table 4) and the inference throughput.
 """
@@ -17,11 +19,12 @@ from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.engine.inference import predict_dataset
 from pipeline.engine.runs import RunId, curated_path, load_trained, resolve_device
 from pipeline.errors import exit_on_user_error
-from pipeline.io import write_json
+from pipeline.io import atomic_dir, write_json
 from pipeline.metrics import evaluate_detections
 from pipeline.metrics.bootstrap import save_detections
 from pipeline.models.complexity import count_parameters
 from pipeline.models.factory import detector_gflops
+from pipeline.report.pictures import write_pictures
 
 
 @exit_on_user_error
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     if "kd_balance" in meta:
         metrics["kd_balance"] = meta["kd_balance"]
     save_detections(run.detections_path, detections)
+    with atomic_dir(run.pictures_dir) as folder:
+        if params.eval.pictures:
+            write_pictures(folder, val.coco, detections, metrics, params.eval.pictures, params.eval.picture_score)
     write_json(run.metrics_path, metrics)
     print(f"{run}: mAP50 {metrics['mAP50']:.2f}  voc_mAP50 {metrics['voc_mAP50']:.2f}  "
           f"params {metrics['params_M']:.2f} M  GFLOPs {gflops:.2f} -> {run.metrics_path}")

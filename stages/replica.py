@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     raw = yaml.safe_load(Path(args.params).read_text())
     overrides = {"seed": args.seed, "datasets": [args.dataset],
                  "model": {"detectors": [args.detector]},
-                 "distill": {"students": [args.student], "gradmap_images": 0, "extra_seeds": []}}
+                 "distill": {"students": [args.student], "gradmap_images": 0, "extra_seeds": []},
+                 "eval": {"pictures": 0}}   # the replica's metrics and detections only
     teacher = RunId(args.dataset, args.detector, params.distill.teacher).model_path
     folder = workspace(args.seed, args.dataset, args.detector, args.student)
     # the data folder whole: the curated json names its images under data/raw/<dataset>/

@@ -7,10 +7,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from pipeline.data.dataset import read_rgb
+from pipeline.draw import class_colour, tile_grid
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-           (0, 128, 128), (220, 190, 255), (170, 110, 40)]
 IGNORE_COLOUR = (128, 128, 128)
 
 
@@ -37,7 +35,7 @@ def draw_annotations(image: Image.Image, annotations: list[dict], names: dict[in
 def preview_grid(coco: dict[str, Any], count: int, columns: int = 2, tile_width: int = 640) -> Image.Image:
     """Render the first ``count`` images of a curated split with their annotations."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    colours = {c["id"]: PALETTE[i % len(PALETTE)] for i, c in enumerate(coco["categories"])}
+    colours = {c["id"]: class_colour(i) for i, c in enumerate(coco["categories"])}
     by_image: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -46,13 +44,5 @@ def preview_grid(coco: dict[str, Any], count: int, columns: int = 2, tile_width:
     for record in coco["images"][:count]:
         tile = Image.fromarray(read_rgb(root / record["file_name"]))
         draw_annotations(tile, by_image.get(record["id"], []), names, colours)
-        scale = tile_width / tile.width
-        tiles.append(tile.resize((tile_width, max(1, round(tile.height * scale))), Image.BILINEAR))
-    if not tiles:
-        return Image.new("RGB", (tile_width, 32), (0, 0, 0))
-    rows = -(-len(tiles) // columns)
-    tile_h = max(t.height for t in tiles)
-    grid = Image.new("RGB", (columns * tile_width, rows * tile_h), (20, 20, 20))
-    for i, tile in enumerate(tiles):
-        grid.paste(tile, ((i % columns) * tile_width, (i // columns) * tile_h))
-    return grid
+        tiles.append(tile)
+    return tile_grid(tiles, columns, tile_width)

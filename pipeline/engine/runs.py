@@ -48,6 +48,11 @@ class RunId:
         return Path("detections") / self.dataset / self.detector / f"{self.model}.npz"
 
     @property
+    def pictures_dir(self) -> Path:
+        """Predictions drawn, precision-recall curves, confusion matrix (the evaluate stage)."""
+        return Path("plots") / "eval" / self.dataset / self.detector / self.model
+
+    @property
     def live_dir(self) -> Path:
         """The run's DVCLive folder (training metrics, :mod:`pipeline.engine.live`)."""
         return Path("dvclive") / self.dataset / self.detector / self.model

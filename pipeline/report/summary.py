@@ -110,6 +110,19 @@ def section(dataset: str, detector: str, root: Path, report_dir: Path) -> str:
         text = table.read_text().strip()
         demoted = ("#### " + line.lstrip("# ") if line.startswith("#") else line for line in text.splitlines())
         parts += ["### Distillation", "", "\n".join(demoted), ""]
+    pictured = [r["model"] for r in rows if (root / "plots" / "eval" / dataset / detector / r["model"]).is_dir()]
+    if any((root / "plots" / "eval" / dataset / detector / m / "predictions.png").is_file() for m in pictured):
+        parts += ["### What each model detects", "",
+                  "Val images with the ground truth in white and the detections (score >= `eval.picture_score`) "
+                  "in class colours; precision-recall at IoU 0.5; the confusion matrix's last row counts "
+                  "detections of nothing, its last column missed objects.", "",
+                  "| model | detections | precision-recall | confusion |", "| --- | --- | --- | --- |"]
+        for model in pictured:
+            folder = root / "plots" / "eval" / dataset / detector / model
+            cells = [f"![{model} {name}]({_link(folder / f'{name}.png', report_dir)})"
+                     if (folder / f"{name}.png").is_file() else "-" for name in ("predictions", "pr_curves", "confusion")]
+            parts.append(f"| {model} | " + " | ".join(cells) + " |")
+        parts.append("")
     maps = sorted((root / "plots" / "gradmaps" / dataset / detector).glob("*/*.png"))
     if maps:
         parts += ["### Gradient maps (teacher, student at the start and end of distillation)", ""]
