@@ -193,3 +193,24 @@ def test_dvclive_log_has_step_and_epoch_metrics_and_a_resumed_run_continues_it(t
         assert [r[0] for r in resumed[name]] == [r[0] for r in rows], name
     summary = json.loads((tmp_path / "live2" / "metrics.json").read_text())
     assert summary["epoch"]["epoch"] == 2 and {"loss", "loss_fit", "lr", "images_per_s"} <= set(summary["train"])
+
+
+def test_resume_fingerprint_changes_with_the_weights_recipe_only():
+    import yaml
+
+    from pipeline.config import parse_params
+    from pipeline.engine.recipe import loop_config, weights_fingerprint
+    from pipeline.engine.runs import RunId
+
+    from conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    run = RunId("synthetic", "gfl", "baseline-resnet18")
+    arch = Arch("gfl", "resnet18", 3, ("Car", "Pedestrian", "Cyclist"), 256)
+
+    def key(**train):
+        params = parse_params({**raw, "train": {**raw["train"], **train}})
+        return weights_fingerprint(run, arch, loop_config(params, 3), params, [1, 2, 3])
+
+    assert key() == key(num_workers=4)                     # the worker count: same weights, resumes
+    assert key() != key(lr=0.02) and key() != key(batch_size=8) and key() != key(grad_clip=None)
