@@ -29,6 +29,14 @@ from pipeline.io import atomic_dir
 from pipeline.replicas import merge, prepare, replica_path, workspace
 
 
+def replica_params(raw: dict, dataset: str, detector: str, student: str, seed: int) -> dict:
+    """The workspace's params: the project's ``raw`` params with ``seed`` and this one dataset,
+    detector and student (no gradient maps, pictures or exports: metrics and detections only)."""
+    return merge(raw, {"seed": seed, "datasets": [dataset], "model": {"detectors": [detector]},
+                       "distill": {"students": [student], "gradmap_images": 0, "extra_seeds": []},
+                       "eval": {"pictures": 0}, "deploy": {"models": [f"baseline-{student}"]}})
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,14 +52,11 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.params}: seed {args.seed} is the main run's seed; a replica needs another one "
                         "(distill.extra_seeds)")
     raw = yaml.safe_load(Path(args.params).read_text())
-    overrides = {"seed": args.seed, "datasets": [args.dataset],
-                 "model": {"detectors": [args.detector]},
-                 "distill": {"students": [args.student], "gradmap_images": 0, "extra_seeds": []},
-                 "eval": {"pictures": 0}}   # the replica's metrics and detections only
     teacher = RunId(args.dataset, args.detector, params.distill.teacher).model_path
     folder = workspace(args.seed, args.dataset, args.detector, args.student)
     # the data folder whole: the curated json names its images under data/raw/<dataset>/
-    prepare(folder, merge(raw, overrides), [Path("data"), teacher])
+    prepare(folder, replica_params(raw, args.dataset, args.detector, args.student, args.seed),
+            [Path("data"), teacher])
     start = time.perf_counter()
     models = [f"baseline-{args.student}", *(f"{m}-{args.student}" for m in params.distill.methods)]
     stages = Path(__file__).resolve().parent

@@ -48,6 +48,11 @@ def test_console_script_is_installed_and_summarises_the_manifest():
             assert ("| yes |" in row) == entry["tensorrt_readiness"]["ready"]
 
 
+def test_the_command_does_not_import_torch():
+    code = "import sys, pipeline.cli, pipeline.deploy.runtime; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
 def test_info_shows_benchmark_latency_when_given(tmp_path):
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"backends": {"onnxruntime-cpu-fp32": {"p50_ms": 12.34}}}))

@@ -75,3 +75,16 @@ def test_params_yaml_is_the_defaults_written_out():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     defaults = Params.model_validate({"datasets": raw["datasets"], "sources": raw["sources"]})
     assert load_params(REPO / "params.yaml") == defaults
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_replica_workspace_gets_valid_params(profile):
+    from pipeline.config import parse_params
+    from stages.replica import replica_params
+
+    raw = yaml.safe_load((REPO / profile).read_text())
+    params = load_params(REPO / profile)
+    for student in params.distill.students:          # each student's workspace, e.g. ResNet-50's
+        replica = parse_params(replica_params(raw, params.datasets[0], params.model.detectors[0], student, 7))
+        assert replica.seed == 7 and replica.distill.students == (student,)
+        assert replica.eval.pictures == 0 and replica.deploy.models == (f"baseline-{student}",)
