@@ -214,3 +214,16 @@ def test_resume_fingerprint_changes_with_the_weights_recipe_only():
 
     assert key() == key(num_workers=4)                     # the worker count: same weights, resumes
     assert key() != key(lr=0.02) and key() != key(batch_size=8) and key() != key(grad_clip=None)
+
+
+def test_training_log_works_in_a_git_repository_without_commits(tmp_path, monkeypatch):
+    import subprocess
+
+    from pipeline.engine.live import TrainingLog
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    log = TrainingLog(tmp_path / "live")
+    log.step(0, {"loss": 1.0})
+    log.close()
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().startswith("step\tloss")

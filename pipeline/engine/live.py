@@ -10,10 +10,14 @@ pipeline's ``dvc.yaml`` declares these files.
 
 A resumed run continues the same files: rows at or after the iteration it resumes from
 (written by the killed attempt) are dropped first, so every step appears once.
+
+DVCLive's own git/DVC integration (experiment names, Studio) is optional here: where it fails,
+e.g. in a git repository without a commit, the files are still written and training goes on.
 """
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,6 +46,21 @@ def _prune(folder: Path, first_stale_step: int) -> None:
             writer.writerows(kept)
 
 
+class _FileLive(Live):
+    """DVCLive whose repository integration may fail without stopping training (DVCLive 3.49 asks
+    git for the current commit before checking that there is one)."""
+
+    def _init_dvc(self) -> None:
+        try:
+            super()._init_dvc()
+        except Exception as err:  # noqa: BLE001 - any failure of the optional integration
+            warnings.warn(f"DVCLive's git/DVC integration is off ({type(err).__name__}: {err}); "
+                          "metrics files are still written", stacklevel=2)
+            self._dvc_repo = None
+            self._inside_dvc_exp = False
+            self._save_dvc_exp = False
+
+
 class TrainingLog:
     """The trainer's metrics sink (see :func:`pipeline.engine.trainer.train`'s ``log``).
 
@@ -59,7 +78,7 @@ class TrainingLog:
         else:
             for stale in self.folder.glob("plots/metrics/**/*.tsv"):
                 stale.unlink()
-        self.live = Live(dir=str(self.folder), resume=start_iteration > 0, report=None, save_dvc_exp=False,
+        self.live = _FileLive(dir=str(self.folder), resume=start_iteration > 0, report=None, save_dvc_exp=False,
                          dvcyaml=None)
 
     def _log(self, iteration: int, values: Mapping[str, float]) -> None:
