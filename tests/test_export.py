@@ -503,7 +503,7 @@ def test_reduced_precision_covers_every_conv_and_gemm_and_keeps_boxes_in_fp32(tm
     """fp16 and int8 select the network by op type: every Conv and Gemm of both detectors (the
     RPN head and the RoI box head of Faster R-CNN included) runs reduced, while NMS and RoIAlign
     read float32 boxes (the name scopes used before missed the RPN and box heads)."""
-    from pipeline.deploy.precision import to_fp16, to_int8
+    from pipeline.deploy.precision import score_layers, to_fp16, to_int8
 
     export_onnx(tiny_model(detector), tmp_path / "model.onnx", INPUT.padded_shape, simplify=True)
     to_fp16(tmp_path / "model.onnx", tmp_path / "model-fp16.onnx")
@@ -526,8 +526,14 @@ def test_reduced_precision_covers_every_conv_and_gemm_and_keeps_boxes_in_fp32(tm
 
     quant = onnx.load(str(tmp_path / "model-int8.onnx")).graph
     dequantized = {o for n in quant.node if n.op_type == "DequantizeLinear" for o in n.output}
-    int8 = [n for n in quant.node if n.op_type in ("Conv", "Gemm") and n.input[0] in dequantized]
-    assert len(int8) == len(layers), f"{len(int8)} of {len(layers)} Conv/Gemm in int8"
+    int8 = {n.name for n in quant.node if n.op_type in ("Conv", "Gemm") and n.input[1] in dequantized}  # int8 weights
+    # every Conv/Gemm but the logit layers (GFL: gfl_cls and gfl_reg per level; Faster R-CNN: cls_score)
+    scores = set(score_layers(onnx.load(str(tmp_path / "model.onnx"))))
+    if detector == "gfl":
+        assert len(scores) == 10 and all("/gfl_cls" in n or "/gfl_reg" in n for n in scores), scores
+    else:
+        assert scores == {"/box_predictor/cls_score/Gemm"}, scores
+    assert int8 == {n.name for n in layers} - scores, f"{len(int8)} of {len(layers)} Conv/Gemm in int8"
     from pipeline.deploy.trt_readiness import check_graph
     for variant in ("model.onnx", "model-fp16.onnx", "model-int8.onnx"):      # TensorRT's parser would take all
         record = check_graph(tmp_path / variant)
