@@ -128,6 +128,13 @@ class CuratedDataset(Dataset):
                       image_size=(h, w), orig_size=(orig_h, orig_w))
 
 
+def spread_indices(size: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(size)`` (all of them when ``count >= size``):
+    the int8 calibration images, the same for post-training int8 and quantization-aware training."""
+    n = min(count, size)
+    return sorted(set(np.linspace(0, size - 1, n).round().astype(int).tolist())) if n > 0 else []
+
+
 def collate(samples: list[Sample]) -> Batch:
     """Stack samples (all padded to the same shape) into a :class:`Batch`."""
     return Batch(

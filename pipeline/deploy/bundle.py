@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import platform
+from functools import partial
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ import torch
 
 from pipeline.config import Params
 from pipeline.data import transforms as T
-from pipeline.data.dataset import CuratedDataset
-from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, export_onnx
+from pipeline.data.dataset import CuratedDataset, spread_indices
+from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx
 from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write_manifest
 from pipeline.deploy.parity import backend_detections, check_parity, parity_report
 from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
@@ -34,8 +36,7 @@ from pipeline.models.detector import Detector
 
 def calibration_feeds(train: CuratedDataset, count: int) -> tuple[Iterator[dict[str, np.ndarray]], int]:
     """``count`` training images spread evenly over the split (no flip), as ORT feeds."""
-    n = min(count, len(train))
-    indices = sorted(set(np.linspace(0, len(train) - 1, n).round().astype(int).tolist()))
+    indices = spread_indices(len(train), count)
 
     def feeds() -> Iterator[dict[str, np.ndarray]]:
         for i in indices:
@@ -50,10 +51,12 @@ def _metrics(coco: dict, dets: dict) -> dict[str, float]:
     return {"mAP50": m["mAP50"], "voc_mAP50": m["voc_mAP50"], "mAP": m["mAP"]}
 
 
-def _evaluate_onnx(path: Path, val: CuratedDataset, batch_size: int, threads: int | None) -> tuple[dict, dict]:
-    """ORT-CPU detections and metrics of one ONNX file over val (``{"skipped": why}`` if it cannot run)."""
+def _evaluate_onnx(path: Path, val: CuratedDataset, batch_size: int, threads: int | None,
+                   qdq_as_written: bool = False) -> tuple[dict, dict]:
+    """ORT-CPU detections and metrics of one ONNX file over val (``{"skipped": why}`` if it cannot run);
+    ``qdq_as_written``: see :class:`pipeline.deploy.runtime.OnnxBackend`."""
     try:
-        backend = OnnxBackend(path, ["CPUExecutionProvider"], threads)
+        backend = OnnxBackend(path, ["CPUExecutionProvider"], threads, qdq_as_written)
         dets = backend_detections(backend, val, batch_size)
     except UserError as err:
         return {"skipped": f"onnxruntime CPU cannot run it: {err}"}, {}
@@ -61,7 +64,91 @@ def _evaluate_onnx(path: Path, val: CuratedDataset, batch_size: int, threads: in
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         return {"skipped": f"onnxruntime CPU cannot run it: {first}"}, {}
     return {"backend": "onnxruntime", "providers": backend.providers, "split": "val", "num_images": len(val),
-            **_metrics(val.coco, dets)}, dets
+            "qdq": "as written" if qdq_as_written else "fused by onnxruntime", **_metrics(val.coco, dets)}, dets
+
+
+def _evaluate_int8(path: Path, val: CuratedDataset, batch_size: int) -> tuple[dict, dict]:
+    """A TensorRT-targeted int8 file over val: its Q/DQ as written (the graph's arithmetic, which
+    TensorRT implements) gives the mAP; onnxruntime's fused integer CPU kernels are recorded
+    beside it as ``onnxruntime_fused_mAP50``."""
+    evaluation, dets = _evaluate_onnx(path, val, batch_size, None, qdq_as_written=True)
+    fused, _ = _evaluate_onnx(path, val, batch_size, None)
+    if "mAP50" in evaluation and "mAP50" in fused:
+        evaluation["onnxruntime_fused_mAP50"] = fused["mAP50"]
+    return evaluation, dets
+
+
+def _parity_gate(model: Detector, path: Path, val: CuratedDataset, params: Params, info: ExportInfo,
+                 identity: dict[str, Any], quantized: bool = False) -> tuple[dict, dict[str, Any], dict, dict[str, Any]]:
+    """PyTorch against ONNX Runtime (``path``) on the val split; raises :class:`UserError` when the
+    detections disagree beyond ``deploy.parity``. A ``quantized`` graph (QAT) runs with its Q/DQ
+    as written, the arithmetic of PyTorch's fake quantization (:func:`_evaluate_int8`), under
+    ``qat.parity``. Returns ``(torch detections, ORT evaluation,
+    ORT detections, parity report)``."""
+    batch_size = params.eval.batch_size if params.deploy.dynamic_batch else 1     # a static graph takes one image
+    torch_dets = predict_dataset(model, val, torch.device("cpu"), batch_size, progress=False)
+    evaluate = _evaluate_int8 if quantized else partial(_evaluate_onnx, threads=None)
+    onnx_eval, onnx_dets = evaluate(path, val, batch_size)
+    if "skipped" in onnx_eval:
+        raise UserError(f"{path}: {onnx_eval['skipped']}")
+    tol = params.qat.parity if quantized else params.deploy.parity
+    report = parity_report(val.coco, torch_dets, onnx_dets, tol, info.nms["score_thr"], info.max_detections)
+    check_parity(report, tol, f"{identity['dataset']}/{identity['detector']}/{identity['model']}")
+    return torch_dets, onnx_eval, onnx_dets, report
+
+
+def _check_and_build(folder: Path, artifacts: dict[str, dict[str, Any]], params: Params) -> dict[str, Any]:
+    """Each ONNX file's runtime, TensorRT-readiness (a TensorRT-targeted file that would not parse
+    stops the export) and sha256; then the TensorRT engines, added to ``artifacts``. Returns the
+    manifest's ``tensorrt`` record."""
+    deploy = params.deploy
+    for name, entry in artifacts.items():
+        entry["runtime"] = runtime_of(entry["precision"])
+        if entry["precision"] in TENSORRT_PRECISIONS:     # meant for TensorRT: its parser's rules apply
+            entry["tensorrt_readiness"] = check_graph(folder / name)
+            require_ready(folder / name, entry["tensorrt_readiness"])
+        entry["sha256"] = sha256(folder / name)
+    trt = deploy.tensorrt
+    onnx_files = {entry["precision"]: name for name, entry in artifacts.items()
+                  if entry["precision"] in TENSORRT_PRECISIONS}
+    h, w = params.input.padded_shape
+    shapes = profile_shapes([0 if deploy.dynamic_batch else 1, 3, h, w], deploy.dynamic_batch, trt.max_batch,
+                            trt.opt_batch)
+    tensorrt, engines = build_engines(folder, onnx_files, shapes, trt.workspace_mib)
+    for entry in engines.values():  # pragma: no cover - needs TensorRT and a GPU
+        entry["recipe"] = artifacts[entry["source_onnx"]]["recipe"]
+    artifacts.update(engines)
+    return tensorrt
+
+
+def manifest_record(params: Params, val: CuratedDataset, identity: dict[str, Any], checkpoint: Path,
+                    info: ExportInfo, torch_dets: dict, report: dict[str, Any], artifacts: dict[str, dict[str, Any]],
+                    tensorrt: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of an export folder (format documented in DEPLOY.md and the README)."""
+    deploy, inp = params.deploy, params.input
+    h, w = inp.padded_shape
+    return {
+        "format": FORMAT,
+        "model": {**identity, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint)},
+        "class_names": list(val.class_names),
+        "input": {"name": INPUT_NAMES[0], "shape": ["N" if deploy.dynamic_batch else 1, 3, h, w], "dtype": "float32",
+                  "layout": "NCHW", "dynamic_batch": deploy.dynamic_batch,
+                  "image_sizes": {"name": INPUT_NAMES[1], "shape": ["N", 2], "dtype": "float32",
+                                  "meaning": "(h, w) of each resized image before padding; boxes are clipped to it"}},
+        "preprocessing": preprocessing_record(inp.width, inp.height, (h, w), inp.mean, inp.std, T.INTERPOLATION),
+        "outputs": {"names": list(OUTPUT_NAMES), "num_dets": "[N, 1] int32",
+                    "boxes": f"[N, {info.max_detections}, 4] float32 x1,y1,x2,y2 in network-input pixels",
+                    "scores": f"[N, {info.max_detections}] float32 descending",
+                    "labels": f"[N, {info.max_detections}] int32 class index, -1 in empty slots"},
+        "nms": info.nms,
+        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "opset": info.opset, "ir_version": info.ir_version, "simplified": info.simplified,
+                     "num_nodes": info.num_nodes, "external_data": False, "python": platform.python_version()},
+        "pytorch": {"backend": "pytorch-cpu", "split": "val", "num_images": len(val), **_metrics(val.coco, torch_dets)},
+        "parity": report,
+        "artifacts": artifacts,
+        "tensorrt": tensorrt,
+    }
 
 
 def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDataset, train: CuratedDataset,
@@ -77,14 +164,7 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
     fp32 = folder / artifact_name("fp32")
     info = export_onnx(model, fp32, input_hw, deploy.opset, deploy.dynamic_batch, deploy.simplify)
 
-    # parity gate: PyTorch vs ONNX Runtime (fp32) on the val split
-    torch_dets = predict_dataset(model, val, torch.device("cpu"), batch_size, progress=False)
-    onnx_eval, onnx_dets = _evaluate_onnx(fp32, val, batch_size, None)
-    if "skipped" in onnx_eval:
-        raise UserError(f"{fp32}: {onnx_eval['skipped']}")
-    tol = deploy.parity
-    report = parity_report(val.coco, torch_dets, onnx_dets, tol, info.nms["score_thr"], info.max_detections)
-    check_parity(report, tol, f"{identity['dataset']}/{identity['detector']}/{identity['model']}")
+    torch_dets, onnx_eval, _, report = _parity_gate(model, fp32, val, params, info, identity)
 
     artifacts: dict[str, dict[str, Any]] = {
         fp32.name: {"kind": "onnx", "precision": "fp32", "recipe": {"precision": "fp32"}, "eval": onnx_eval}}
@@ -98,51 +178,41 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
             train_feeds, count = calibration_feeds(train, deploy.calib_images)
             recipe = to_int8(fp32, path, train_feeds, count, deploy.calib_method,
                              "cpu" if precision == "int8_cpu" else "tensorrt")
-        evaluation, _ = _evaluate_onnx(path, val, batch_size, None)
+        if precision == "int8":
+            evaluation, _ = _evaluate_int8(path, val, batch_size)
+        else:
+            evaluation, _ = _evaluate_onnx(path, val, batch_size, None)
         if "mAP50" in evaluation:
             evaluation["delta_mAP50_vs_fp32"] = evaluation["mAP50"] - onnx_eval["mAP50"]
         artifacts[path.name] = {"kind": "onnx", "precision": precision, "recipe": recipe, "eval": evaluation}
-    for name, entry in artifacts.items():
-        entry["runtime"] = runtime_of(entry["precision"])
-        if entry["precision"] in TENSORRT_PRECISIONS:     # meant for TensorRT: its parser's rules apply
-            entry["tensorrt_readiness"] = check_graph(folder / name)
-            require_ready(folder / name, entry["tensorrt_readiness"])
-        entry["sha256"] = sha256(folder / name)
-
-    trt = deploy.tensorrt
-    onnx_files = {entry["precision"]: name for name, entry in artifacts.items()
-                  if entry["precision"] in TENSORRT_PRECISIONS}
-    h, w = input_hw
-    shapes = profile_shapes([0 if deploy.dynamic_batch else 1, 3, h, w], deploy.dynamic_batch, trt.max_batch,
-                            trt.opt_batch)
-    tensorrt, engines = build_engines(folder, onnx_files, shapes, trt.workspace_mib)
-    for entry in engines.values():  # pragma: no cover - needs TensorRT and a GPU
-        entry["recipe"] = artifacts[entry["source_onnx"]]["recipe"]
-    artifacts.update(engines)
-
-    inp = params.input
-    manifest = {
-        "format": FORMAT,
-        "model": {**identity, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint)},
-        "class_names": list(val.class_names),
-        "input": {"name": INPUT_NAMES[0], "shape": ["N" if deploy.dynamic_batch else 1, 3, h, w], "dtype": "float32",
-                  "layout": "NCHW", "dynamic_batch": deploy.dynamic_batch,
-                  "image_sizes": {"name": INPUT_NAMES[1], "shape": ["N", 2], "dtype": "float32",
-                                  "meaning": "(h, w) of each resized image before padding; boxes are clipped to it"}},
-        "preprocessing": preprocessing_record(inp.width, inp.height, input_hw, inp.mean, inp.std,
-                                              T.INTERPOLATION),
-        "outputs": {"names": list(OUTPUT_NAMES), "num_dets": "[N, 1] int32",
-                    "boxes": f"[N, {info.max_detections}, 4] float32 x1,y1,x2,y2 in network-input pixels",
-                    "scores": f"[N, {info.max_detections}] float32 descending",
-                    "labels": f"[N, {info.max_detections}] int32 class index, -1 in empty slots"},
-        "nms": info.nms,
-        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                     "opset": info.opset, "ir_version": info.ir_version, "simplified": info.simplified,
-                     "num_nodes": info.num_nodes, "external_data": False, "python": platform.python_version()},
-        "pytorch": {"backend": "pytorch-cpu", "split": "val", "num_images": len(val), **_metrics(val.coco, torch_dets)},
-        "parity": report,
-        "artifacts": artifacts,
-        "tensorrt": tensorrt,
-    }
+    tensorrt = _check_and_build(folder, artifacts, params)
+    manifest = manifest_record(params, val, identity, checkpoint, info, torch_dets, report, artifacts, tensorrt)
     write_manifest(folder, manifest)
     return manifest
+
+
+def export_qat_bundle(model: Detector, folder: Path, params: Params, val: CuratedDataset, identity: dict[str, Any],
+                      checkpoint: Path) -> tuple[dict[str, Any], dict]:
+    """Export a quantization-aware model (:mod:`pipeline.quant.qat`) into ``folder``: its
+    ``model-int8.onnx`` (Q/DQ with the trained scales, :func:`pipeline.quant.export_qdq.write_qdq`),
+    parity-gated against the PyTorch fake-quant model on val, checked for TensorRT, plus the
+    manifest. Returns the manifest and the int8 file's val detections (ONNX Runtime).
+    """
+    from pipeline.quant.export_qdq import write_qdq
+    from pipeline.quant.qat import quantizer_mode
+
+    deploy = params.deploy
+    input_hw = params.input.padded_shape
+    model = model.eval().cpu()
+    int8 = folder / artifact_name("int8")
+    with tempfile.TemporaryDirectory() as tmp:
+        folded = Path(tmp) / "folded-float.onnx"
+        with quantizer_mode(model, "off"):
+            info = export_onnx(model, folded, input_hw, deploy.opset, deploy.dynamic_batch, deploy.simplify)
+        recipe = write_qdq(folded, int8, model, input_hw)
+    torch_dets, onnx_eval, onnx_dets, report = _parity_gate(model, int8, val, params, info, identity, quantized=True)
+    artifacts = {int8.name: {"kind": "onnx", "precision": "int8", "recipe": recipe, "eval": onnx_eval}}
+    tensorrt = _check_and_build(folder, artifacts, params)
+    manifest = manifest_record(params, val, identity, checkpoint, info, torch_dets, report, artifacts, tensorrt)
+    write_manifest(folder, manifest)
+    return manifest, onnx_dets

@@ -17,7 +17,12 @@
   TensorRT's ONNX parser requires: a DequantizeLinear there takes int8 input only, and
   ``quantize_static``'s default int32 bias would be rejected), on the network's ``Conv``/``Gemm``
   nodes only, calibrated on curated TRAINING images (never val); everything after the raw head
-  outputs stays float32.
+  outputs stays float32. Placement: a Q/DQ pair on each quantized node's input and a per-channel
+  DequantizeLinear on its weight, none on its output (TensorRT's own convention: it fuses the
+  requantization into the producer from the consumer's input scale), and only the Conv/Gemm reads
+  the dequantized activation (:func:`quantized_inputs_only`: a residual Add keeps the float
+  value, as in NVIDIA's QAT toolkits). Quantization-aware training (``pipeline/quant``)
+  fake-quantizes exactly these inputs, so its export has the same placement.
 * Both int8 variants keep the logit layers in float32 (:func:`score_layers`: GFL's ``gfl_cls``
   and ``gfl_reg`` convs, Faster R-CNN's ``cls_score``): per-tensor int8 on the logits that feed
   the score sigmoid cost the distilled GFL ResNet-18 of the default 8.5 mAP50 (10.75 -> 2.30;
@@ -207,6 +212,32 @@ class _Reader:
         raise NotImplementedError
 
 
+def quantized_inputs_only(graph: onnx.ModelProto) -> int:
+    """Let only the quantized Conv/Gemm read the dequantized copy of an activation: ``quantize_static`` rewires
+    every consumer of a quantized tensor to its DequantizeLinear (a residual Add, an FPN Resize
+    then read the int8-rounded value); this puts them back on the float tensor, so that int8
+    rounding applies exactly where quantization-aware training fake-quantizes (the input of each
+    quantized Conv/Gemm) and nowhere else. Returns the number of inputs rewired."""
+    nodes = list(graph.graph.node)
+    quantized = {n.output[0]: n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    float_of = {n.output[0]: quantized[n.input[0]] for n in nodes
+                if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+    weights_dq = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] not in quantized}
+    rewired = 0
+    for node in nodes:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or (
+                node.op_type in QUANTIZED_OPS and len(node.input) > 1 and node.input[1] in weights_dq):
+            continue        # a quantized Conv/Gemm (its weight is dequantized) keeps its int8 input
+        for i, name in enumerate(node.input):
+            if name in float_of:
+                node.input[i] = float_of[name]
+                rewired += 1
+    outputs = {o.name for o in graph.graph.output}
+    if outputs & set(float_of):
+        raise UserError("int8 export: a graph output is a dequantized activation; cannot rewire it")
+    return rewired
+
+
 def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_images: int,
             method: str = "minmax", target: str = "tensorrt") -> dict:
     """Write the INT8 QDQ variant of ``src`` to ``dst``, calibrated on ``feeds``.
@@ -227,7 +258,8 @@ def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_im
     nodes = [n.name for n in graph.graph.node if n.op_type in QUANTIZED_OPS and n.name not in scores]
     cpu = target == "cpu"
     options = ({"ActivationSymmetric": False, "WeightSymmetric": True} if cpu else
-               {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+               {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})
     quantize_static(
         str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -235,12 +267,14 @@ def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_im
         extra_options=options,
     )
     out = onnx.load(str(dst))
+    if not cpu:
+        quantized_inputs_only(out)
     out.ir_version = min(out.ir_version, graph.ir_version)
     onnx.checker.check_model(out)
     onnx.save(out, str(dst), save_as_external_data=False)
     return {"precision": "int8_cpu" if cpu else "int8", "tool": "onnxruntime.quantization.quantize_static",
             "format": "QDQ", "target": "onnxruntime-cpu" if cpu else "tensorrt",
-            "activations": "uint8 asymmetric per tensor" if cpu else "int8 symmetric per tensor",
+            "activations": "uint8 asymmetric per tensor" if cpu else "int8 symmetric per tensor, inputs of Conv/Gemm",
             "weights": "int8 symmetric per channel", "bias": "int32" if cpu else "float32",
             "calibration": method, "calibration_images": num_images, "calibration_split": "train",
             "quantized_nodes": len(nodes), "float32_layers": sorted(scores),
