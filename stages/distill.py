@@ -26,7 +26,7 @@ import torch
 
 from pipeline.config import Params, load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
-from pipeline.distill.balance import calibrate, calibration_batches, measure
+from pipeline.distill.balance import calibrate, calibration_batches, epoch_figures
 from pipeline.distill.distiller import Distiller, load_teacher
 from pipeline.distill.gradmaps import gradmap_batch, maps_of, render
 from pipeline.distill.inherit import inherit_neck_and_head
@@ -111,18 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     batches = calibration_batches(data, cfg.batch_size, d.balance.batches, cfg.seed)
     balance = calibrate(distiller, batches, device, d.balance)
     balance["paper_params"] = {"distill": paper_overrides(args.method, run.detector, method, d, run.dataset)}
-    weights = {f"kd_weight_{k}": v for k, v in balance["weights"].items()}
     if env.is_main and method.WEIGHTS:
         print(f"{run}: KD weights {balance['mode']}: x{balance['factor']:.4g} -> {balance['weights']} "
               f"(KD/task gradient ratio {balance['ratio_before']:.4g} -> {balance['ratio']:.4g})")
 
     def epoch_metrics(epoch: int) -> dict[str, float]:
-        figures = {"kd_nonfinite_grads": float(distiller.take_nonfinite()), **weights}
-        if method.WEIGHTS:
-            norms = measure(distiller, batches, device)
-            figures["kd_task_grad_ratio"] = norms.ratio
-            figures.update({f"ratio_{k}": v for k, v in norms.term_ratios().items()})
-        return figures
+        return epoch_figures(distiller, batches, device, balance)
 
     key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images],
                               d.model_dump(mode="json", exclude={"methods", "students", "gradmap_images",

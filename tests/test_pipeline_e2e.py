@@ -26,6 +26,7 @@ TINY = {
                 "gradmap_images": 1, "extra_seeds": [1]},
     "deploy": {"models": ["baseline-resnet18", "gkd_bmfi-resnet18"], "precisions": ["fp32", "int8"],
                "calib_images": 2},
+    "qat": {"models": ["gkd_bmfi-resnet18"], "methods": ["none", "gkd_bmfi"], "epochs": 1},
     "benchmark": {"warmup_iters": 1, "iters": 3, "throughput_batch": 2, "throughput_iters": 1},
 }
 
@@ -92,6 +93,24 @@ def test_dvc_repro_curates_trains_and_evaluates(repro):
     assert "| gkd_bmfi-resnet18 |" in summary and "### Distillation" in summary
 
 
+def test_dvc_repro_quantization_aware_training(repro):
+    root, _ = repro
+    for method in ("none", "gkd_bmfi"):
+        folder = root / "exports" / "synthetic" / "gfl" / "qat" / method / "gkd_bmfi-resnet18"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        entry = manifest["artifacts"]["model-int8.onnx"]
+        assert entry["tensorrt_readiness"]["ready"] and entry["recipe"]["tool"].startswith("pipeline.quant")
+        assert manifest["model"]["qat_method"] == method and manifest["model"]["parent"] == "gkd_bmfi-resnet18"
+        assert manifest["parity"]["tolerance"]["box_iou"] == 0.95          # qat.parity, not deploy.parity
+    meta = json.loads((root / "metrics" / "synthetic" / "gfl" / "qat" / "gkd_bmfi" / "gkd_bmfi-resnet18.json")
+                      .read_text())
+    assert meta["kd_balance"]["mode"] == "auto" and meta["tensorrt_ready"]
+    rows = json.loads((root / "reports" / "tables" / "qat_synthetic_gfl.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["fp32", "int8 PTQ", "int8 QAT", "int8 QAT+gkd_bmfi"]
+    assert all("vs_ptq" in r and r["p50_ms"] > 0 for r in rows[2:]) and "vs_fp32" in rows[1]
+    assert "### Quantization-aware training (int8)" in (root / "reports" / "summary.md").read_text()
+
+
 def test_second_repro_is_up_to_date_and_metrics_are_listed(repro):
     root, env = repro
     dvc = str(Path(sys.executable).parent / "dvc")
@@ -123,11 +142,15 @@ def test_edits_rerun_only_the_stages_they_change(repro):
     # a new model in deploy.models adds its own export and benchmark; every existing stage stays put
     added = stale_stages(root, env, lambda p: p["deploy"]["models"].append("inherit_only-resnet18"))
     assert added == {"export@synthetic-gfl-inherit_only-resnet18", "benchmark@synthetic-gfl-inherit_only-resnet18"}
-    # benchmark.iters touches the benchmark stages only
+    # benchmark.iters touches the stages that time: the benchmarks and the QAT table
     iters = stale_stages(root, env, lambda p: p["benchmark"].update(iters=4))
-    assert iters == {"benchmark@synthetic-gfl-baseline-resnet18", "benchmark@synthetic-gfl-gkd_bmfi-resnet18"}
+    assert iters == {"benchmark@synthetic-gfl-baseline-resnet18", "benchmark@synthetic-gfl-gkd_bmfi-resnet18",
+                     "qat_tables@synthetic-gfl"}
+    # qat.lr retrains the QAT students only
+    lr = stale_stages(root, env, lambda p: p["qat"].update(lr=0.002))
+    assert lr == {"qat@synthetic-gfl-gkd_bmfi-resnet18-none", "qat@synthetic-gfl-gkd_bmfi-resnet18-gkd_bmfi"}
     # the worker count does not change the trained weights: nothing reruns
     assert stale_stages(root, env, lambda p: p["train"].update(num_workers=2)) == set()
     # flips are training-only: training stages rerun, evaluation-only stages do not depend on them
     flips = stale_stages(root, env, lambda p: p["input"].update(flip_prob=0.3))
-    assert flips and all(name.split("@")[0] in {"train", "distill", "replica"} for name in flips), flips
+    assert flips and all(name.split("@")[0] in {"train", "distill", "replica", "qat"} for name in flips), flips

@@ -154,3 +154,17 @@ def calibrate(distiller, batches: list[Batch], device: torch.device, params: Bal
         "task_grad_norm": before.task,
         "batches": len(batches),
     }
+
+
+def epoch_figures(distiller, batches: list[Batch], device: torch.device, balance: dict) -> dict[str, float]:
+    """What a KD run adds to each epoch's record: the gradient values replaced by 0 since the last
+    call, the balanced weights (``kd_weight_<name>``) and, for a method with weights, the
+    KD-to-task gradient-norm ratio now (total, ``kd_task_grad_ratio``, and per term) on the
+    calibration ``batches``: its drift from ``balance["ratio"]`` is the DVC plot of the stage."""
+    figures = {"kd_nonfinite_grads": float(distiller.take_nonfinite()),
+               **{f"kd_weight_{k}": v for k, v in balance["weights"].items()}}
+    if distiller.method.WEIGHTS:
+        norms = measure(distiller, batches, device)
+        figures["kd_task_grad_ratio"] = norms.ratio
+        figures.update({f"ratio_{k}": v for k, v in norms.term_ratios().items()})
+    return figures

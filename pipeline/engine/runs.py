@@ -61,6 +61,61 @@ class RunId:
         return f"{self.dataset}/{self.detector}/{self.model}"
 
 
+@dataclass(frozen=True)
+class QATRun:
+    """A quantization-aware fine-tuning of the deployed model ``parent`` with KD ``method``
+    (``none``: plain QAT). Its files sit under ``.../qat/<method>/<parent>`` so that dvc.yaml can
+    name them from the matrix; :attr:`model` is its display name (``<role>_qat[_<method>]-<backbone>``)."""
+
+    dataset: str
+    detector: str
+    parent: str
+    method: str
+
+    @property
+    def model(self) -> str:
+        role, backbone = self.parent.rsplit("-", 1)
+        return f"{role}_qat-{backbone}" if self.method == "none" else f"{role}_qat_{self.method}-{backbone}"
+
+    @property
+    def backbone(self) -> str:
+        return self.parent.rsplit("-", 1)[1]
+
+    @property
+    def role(self) -> str:
+        return self.model.rsplit("-", 1)[0]
+
+    def _under(self, root: str) -> Path:
+        return Path(root) / self.dataset / self.detector / "qat" / self.method
+
+    @property
+    def model_path(self) -> Path:
+        return self._under("models") / f"{self.parent}.pt"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self._under("checkpoints") / self.parent
+
+    @property
+    def live_dir(self) -> Path:
+        return self._under("dvclive") / self.parent
+
+    @property
+    def export_dir(self) -> Path:
+        return self._under("exports") / self.parent
+
+    @property
+    def detections_path(self) -> Path:
+        return self._under("detections") / f"{self.parent}.npz"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self._under("metrics") / f"{self.parent}.json"
+
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.detector}/{self.model}"
+
+
 def curated_path(dataset: str, split: str) -> Path:
     return Path("data") / "curated" / dataset / f"{split}.json"
 

@@ -7,7 +7,8 @@ Reads what the other stages wrote (ARCHITECTURE.md's output contract), nothing e
   ``eval_images_per_s`` on the val split;
 * ``metrics/benchmark/<dataset>/<detector>/<model>.json`` (benchmark): per backend and
   precision the latency percentiles (ms) at batch 1, throughput and that artifact's mAP50;
-* ``reports/tables/distill_<dataset>_<detector>.md`` (distill tables), included as they are;
+* ``reports/tables/distill_<dataset>_<detector>.md`` (distill tables) and
+  ``reports/tables/qat_<dataset>_<detector>.md`` (fp32 / int8 PTQ / QAT / QAT+KD), included as they are;
 * the plots: ``plots/benchmark/<dataset>_<detector>.png`` and the gradient maps under
   ``plots/gradmaps/<dataset>/<detector>/``, linked relative to ``reports/``.
 
@@ -105,11 +106,12 @@ def section(dataset: str, detector: str, root: Path, report_dir: Path) -> str:
     pareto = root / "plots" / "benchmark" / f"{dataset}_{detector}.png"
     if pareto.is_file():
         parts += [f"![mAP50 against latency]({_link(pareto, report_dir)})", ""]
-    table = root / "reports" / "tables" / f"distill_{dataset}_{detector}.md"
-    if table.is_file():
-        text = table.read_text().strip()
-        demoted = ("#### " + line.lstrip("# ") if line.startswith("#") else line for line in text.splitlines())
-        parts += ["### Distillation", "", "\n".join(demoted), ""]
+    for kind, title in (("distill", "Distillation"), ("qat", "Quantization-aware training (int8)")):
+        table = root / "reports" / "tables" / f"{kind}_{dataset}_{detector}.md"
+        if table.is_file():
+            text = table.read_text().strip()
+            demoted = ("#### " + line.lstrip("# ") if line.startswith("#") else line for line in text.splitlines())
+            parts += [f"### {title}", "", "\n".join(demoted), ""]
     pictured = [r["model"] for r in rows if (root / "plots" / "eval" / dataset / detector / r["model"]).is_dir()]
     if any((root / "plots" / "eval" / dataset / detector / m / "predictions.png").is_file() for m in pictured):
         parts += ["### What each model detects", "",

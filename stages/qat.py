@@ -1,0 +1,117 @@
+"""DVC stage `qat@<dataset>-<detector>-<model>-<method>`: quantization-aware training of a deployed student.
+
+    python stages/qat.py <dataset> <detector> <model> <method>
+
+``model`` is a model of ``qat.models`` (e.g. gkd_bmfi-resnet18), ``method`` one of
+``qat.methods``: ``none`` (plain QAT, the detection loss only) or a KD method of
+pipeline/distill/methods.py, whose terms are added against the float32 teacher
+``distill.teacher``, weighed by ``distill.balance`` exactly as in the distill stage.
+
+Order: load the trained float32 model; fold its BatchNorms and insert int8 fake quantizers with
+the placement of the TensorRT int8 export (pipeline/quant/qat.py); calibrate the activation
+ranges on the ``deploy.calib_images`` training images the post-training int8 export calibrates
+on; fine-tune ``qat.epochs`` at ``qat.lr``. Writes models/<dataset>/<detector>/qat/<method>/<model>.pt
+(named ``<role>_qat-<backbone>`` or ``<role>_qat_<method>-<backbone>`` in the tables; meta:
+parent, method, the balanced KD weights, the quantization scheme) and its DVCLive folder
+dvclive/<dataset>/<detector>/qat/<method>/<model>/. Resumable state lives in
+checkpoints/<dataset>/<detector>/qat/<method>/<model>/last.pt. One process (no data-parallel
+launcher).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+
+from pipeline.config import load_params
+from pipeline.data.dataset import CuratedDataset, collate, load_curated, spread_indices
+from pipeline.distill.balance import calibrate, calibration_batches, epoch_figures
+from pipeline.distill.distiller import Distiller, load_teacher
+from pipeline.distill.methods import build_method, check_method
+from pipeline.engine.checkpoint import Arch
+from pipeline.engine.recipe import loop_config, training_set, weights_fingerprint
+from pipeline.engine.runs import QATRun, RunId, curated_path, load_trained, resolve_device
+from pipeline.engine.trainer import train
+from pipeline.errors import UserError, exit_on_user_error
+from pipeline.io import file_sha256
+from pipeline.quant.qat import calibrate_activations, prepare_qat, save_qat_model
+
+CALIBRATION_BATCH = 8
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("model", help="a model of qat.models, e.g. gkd_bmfi-resnet18")
+    parser.add_argument("method", help="none (plain QAT) or a KD method, e.g. gkd_bmfi")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    if args.method != "none":
+        check_method(args.method)
+    if args.model not in params.qat.models:
+        raise UserError(f"params.yaml: qat.models {list(params.qat.models)} does not list {args.model!r}")
+    if args.model not in params.deploy.models or "int8" not in params.deploy.precisions:
+        raise UserError(f"params.yaml: qat.models names {args.model!r}, but QAT is compared with its post-training "
+                        f"int8 export: add it to deploy.models {list(params.deploy.models)} and keep 'int8' in "
+                        "deploy.precisions")
+    parent = RunId(args.dataset, args.detector, args.model)
+    run = QATRun(args.dataset, args.detector, args.model, args.method)
+    device = resolve_device(params.train.device)
+    data = training_set(params, run.dataset)
+    arch = Arch(run.detector, run.backbone, len(data.class_names), tuple(data.class_names),
+                params.model.fpn_channels)
+    model, _ = load_trained(parent, data.class_names, params.model.fpn_channels)
+    quantized = prepare_qat(model)
+
+    plain = CuratedDataset(load_curated(curated_path(run.dataset, "train")), params.input, train=False)
+    chosen = spread_indices(len(plain), params.deploy.calib_images)
+    calib = (collate([plain[i] for i in chosen[k:k + CALIBRATION_BATCH]])
+             for k in range(0, len(chosen), CALIBRATION_BATCH))
+    images = calibrate_activations(model, calib, device)
+
+    cfg = dataclasses.replace(loop_config(params, params.qat.epochs), lr=params.qat.lr, lr_steps=())
+    distiller, method, balance, extra_key = None, None, None, {}
+    if args.method != "none":
+        d = params.distill
+        teacher_run = RunId(run.dataset, run.detector, d.teacher)
+        teacher = load_teacher(teacher_run.model_path, arch)
+        method = build_method(args.method, run.detector, d, params.model.fpn_channels, len(model.strides),
+                              run.dataset)
+        distiller = Distiller(model, teacher, method, d.student_grad).to(device)
+        batches = calibration_batches(data, cfg.batch_size, d.balance.batches, cfg.seed)
+        balance = calibrate(distiller, batches, device, d.balance)
+        print(f"{run}: KD weights {balance['mode']}: x{balance['factor']:.4g} -> {balance['weights']} "
+              f"(KD/task gradient ratio {balance['ratio_before']:.4g} -> {balance['ratio']:.4g})")
+        extra_key = {"distill": d.model_dump(mode="json", include={"teacher", "student_grad", "gkd", "balance",
+                                                                   "baselines"}),
+                     "teacher_sha256": file_sha256(teacher_run.model_path)}
+
+    key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images],
+                              {"parent_sha256": file_sha256(parent.model_path), "method": args.method,
+                               "calibration": [plain.images[i]["id"] for i in chosen]}, extra_key)
+    start = time.perf_counter()
+    try:
+        result = train(model, data, cfg, run.checkpoint_dir, device, key, extra=distiller, extra_module=method,
+                       desc=str(run), log_dir=run.live_dir,
+                       epoch_metrics=(lambda epoch: epoch_figures(distiller, batches, device, balance))
+                       if distiller is not None else None)
+    finally:
+        if distiller is not None:
+            distiller.close()
+    save_qat_model(run.model_path, model, arch,
+                   meta={"role": run.role, "parent": args.model, "qat_method": args.method, "epochs": cfg.epochs,
+                         "lr": cfg.lr, "dataset": run.dataset, "teacher": params.distill.teacher
+                         if distiller is not None else None, "calibration_images": images,
+                         "quantized_layers": len(quantized), "kd_balance": balance})
+    last = result.history[-1] if result.history else {}
+    print(f"QAT {run} from {parent.model} ({len(quantized)} layers fake-quantized, {images} calibration images) "
+          f"in {time.perf_counter() - start:.0f} s (final loss {last.get('loss', float('nan')):.3f}) -> {run.model_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""DVC stage `qat_export@<dataset>-<detector>-<model>-<method>`: the QAT model -> a TensorRT-valid Q/DQ ONNX.
+
+    python stages/qat_export.py <dataset> <detector> <model> <method>
+
+Reads models/<dataset>/<detector>/qat/<method>/<model>.pt (the qat stage's) and writes
+exports/<dataset>/<detector>/qat/<method>/<model>/ with model-int8.onnx (Q/DQ whose scales are the
+trained fake quantizers', pipeline/quant/export_qdq.py) and manifest.json, after
+* the parity gate: ONNX Runtime on the Q/DQ graph against the PyTorch fake-quant model on the val
+  split, with ``deploy.parity``'s tolerances (a failure leaves no folder behind);
+* the TensorRT-readiness check (pipeline/deploy/trt_readiness.py), which must pass.
+Also writes the int8 file's val detections (detections/<dataset>/<detector>/qat/<method>/<model>.npz,
+for the paired bootstrap of the qat table) and metrics/<dataset>/<detector>/qat/<method>/<model>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pipeline.config import load_params
+from pipeline.data.dataset import CuratedDataset, load_curated
+from pipeline.deploy.bundle import export_qat_bundle
+from pipeline.engine.checkpoint import Arch
+from pipeline.engine.runs import QATRun, curated_path
+from pipeline.errors import exit_on_user_error
+from pipeline.io import atomic_dir, write_json
+from pipeline.metrics.bootstrap import save_detections
+from pipeline.quant.qat import load_qat_model
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("model", help="a model of qat.models, e.g. gkd_bmfi-resnet18")
+    parser.add_argument("method", help="a method of qat.methods (none: plain QAT)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    run = QATRun(args.dataset, args.detector, args.model, args.method)
+    val = CuratedDataset(load_curated(curated_path(run.dataset, "val")), params.input, train=False)
+    arch = Arch(run.detector, run.backbone, len(val.class_names), tuple(val.class_names), params.model.fpn_channels)
+    model, meta = load_qat_model(run.model_path, arch)
+    identity = {"dataset": run.dataset, "detector": run.detector, "model": run.model, "backbone": run.backbone,
+                "parent": args.model, "qat_method": args.method}
+    folder, detections_path, metrics_path = run.export_dir, run.detections_path, run.metrics_path
+    start = time.perf_counter()
+    with atomic_dir(folder) as tmp:
+        manifest, dets = export_qat_bundle(model, tmp, params, val, identity, run.model_path)
+    save_detections(detections_path, dets)
+    entry = manifest["artifacts"]["model-int8.onnx"]
+    write_json(metrics_path, {"model": run.model, "parent": args.model, "qat_method": args.method,
+                              "epochs": meta.get("epochs"), "lr": meta.get("lr"), "kd_balance": meta.get("kd_balance"),
+                              "mAP50": entry["eval"]["mAP50"], "voc_mAP50": entry["eval"]["voc_mAP50"],
+                              "mAP50_pytorch_fake_quant": manifest["pytorch"]["mAP50"], "parity": manifest["parity"],
+                              "tensorrt_ready": entry["tensorrt_readiness"]["ready"],
+                              "quantized_nodes": entry["recipe"]["quantized_nodes"]})
+    parity = manifest["parity"]
+    print(f"exported {run} in {time.perf_counter() - start:.0f} s: int8 mAP50 ONNX Runtime {entry['eval']['mAP50']:.2f} "
+          f"/ PyTorch fake-quant {parity['mAP50_pytorch']:.2f}, {parity['matched']}/{parity['detections']} detections "
+          f"matched; TensorRT-ready {entry['tensorrt_readiness']['ready']} -> {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""DVC stage `qat_tables@<dataset>-<detector>`: fp32 vs post-training int8 vs QAT int8 vs QAT+KD int8.
+
+Writes reports/tables/qat_<dataset>_<detector>.md and .json (pipeline/report/qat_table.py): per
+model of ``qat.models``, the float32 parent (its evaluate stage's detections), its post-training
+``model-int8.onnx`` (run here over val), and every ``qat.methods`` variant (the qat_export
+stages' detections), with mAP50, paired bootstrap intervals against fp32 and against
+post-training int8, and ONNX Runtime CPU latency of all the files timed in one interleaved run.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import load_params
+from pipeline.data.dataset import CuratedDataset, collate, load_curated
+from pipeline.deploy.benchmark import measure_interleaved
+from pipeline.deploy.manifest import artifact_entry, read_manifest
+from pipeline.deploy.parity import backend_detections
+from pipeline.deploy.runtime import OnnxBackend
+from pipeline.engine.runs import QATRun, RunId, curated_path
+from pipeline.errors import exit_on_user_error
+from pipeline.io import atomic_file, write_json
+from pipeline.metrics.bootstrap import image_matches, load_detections
+from pipeline.report.qat_table import markdown, qat_rows, variant_label
+
+
+def table_paths(dataset: str, detector: str) -> tuple[Path, Path]:
+    stem = Path("reports") / "tables" / f"qat_{dataset}_{detector}"
+    return stem.with_suffix(".md"), stem.with_suffix(".json")
+
+
+def _files(dataset: str, detector: str, parent: str, methods: tuple[str, ...]) -> dict[str, Path]:
+    """The ONNX file of each variant, checked against its manifest's sha256."""
+    root = Path("exports") / dataset / detector
+    files = {"fp32": root / parent / "model.onnx", "int8 PTQ": root / parent / "model-int8.onnx"}
+    files.update({variant_label(m): QATRun(dataset, detector, parent, m).export_dir / "model-int8.onnx"
+                  for m in methods})
+    for path in files.values():
+        artifact_entry(read_manifest(path.parent), path.parent, path.name)
+    return files
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset")
+    parser.add_argument("detector")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    q, bp = params.qat, params.benchmark
+    val_coco = load_curated(curated_path(args.dataset, "val"))
+    val = CuratedDataset(val_coco, params.input, train=False)
+    one = collate([val[0]])
+    many = collate([val[i % len(val)] for i in range(bp.throughput_batch)])
+    batch = params.eval.batch_size if params.deploy.dynamic_batch else 1
+    rows = []
+    for parent in q.models:
+        files = _files(args.dataset, args.detector, parent, q.methods)
+        detections = {"fp32": load_detections(RunId(args.dataset, args.detector, parent).detections_path),
+                      "int8 PTQ": backend_detections(OnnxBackend(files["int8 PTQ"], ["CPUExecutionProvider"],
+                                                                 qdq_as_written=True), val, batch)}
+        for method in q.methods:
+            qat = QATRun(args.dataset, args.detector, parent, method)
+            detections[variant_label(method)] = load_detections(qat.detections_path)
+        matches = {label: image_matches(val_coco, dets) for label, dets in detections.items()}
+        contestants = {}
+        for label, path in files.items():
+            backend = OnnxBackend(path, ["CPUExecutionProvider"], bp.threads)
+            small = (one.images.numpy(), np.array(one.image_sizes, dtype=np.float32))
+            big = (many.images.numpy(), np.array(many.image_sizes, dtype=np.float32))
+            if params.deploy.dynamic_batch:
+                batched = (lambda b=backend, a=big: b.run(*a))
+            else:   # a static graph takes the batch one image at a time
+                batched = (lambda b=backend, a=small: [b.run(*a) for _ in range(bp.throughput_batch)])
+            contestants[label] = (lambda b=backend, a=small: b.run(*a), batched, None)
+        latency = measure_interleaved(contestants, bp.throughput_batch, bp.warmup_iters, bp.iters, bp.throughput_iters)
+        rows += qat_rows(parent, matches, latency)
+
+    md_path, json_path = table_paths(args.dataset, args.detector)
+    text = markdown(args.dataset, args.detector, rows, bp.threads)
+    with atomic_file(md_path) as handle:
+        handle.write(text)
+    write_json(json_path, {"dataset": args.dataset, "detector": args.detector, "threads": bp.threads, "rows": rows})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
