@@ -8,8 +8,11 @@ follows (:mod:`pipeline.deploy.precision`):
 * biases stay float32.
 
 :func:`fake_quant` computes ``saturate(round_half_even(x / scale), -128, 127) * scale`` with a
-division (not a multiplication by ``1/scale``), which is what ONNX ``QuantizeLinear`` specifies,
-so ONNX Runtime on the exported Q/DQ graph reproduces the PyTorch fake-quant model up to
+division, which is what ONNX ``QuantizeLinear`` specifies. torch's own kernels
+(``torch.fake_quantize_per_{tensor,channel}_affine``, under ``torch.ao``'s FakeQuantize) multiply
+by ``1/scale`` and so round differently within an ulp of a boundary (73 of 2,000,720 test values);
+through a detector such flips change the detections (tests/test_qat.py failed with them). This one
+divides, so ONNX Runtime on the exported Q/DQ graph reproduces the PyTorch fake-quant model up to
 float32 rounding of the convolutions themselves. Its gradient is the clipped straight-through
 estimator: ``dL/dx`` passes where ``x / scale`` lies inside ``[-128, 127]`` and is 0 outside.
 
