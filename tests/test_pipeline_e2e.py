@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO
+from pipeline.deploy.runtime import DeployedDetector
 from pipeline.replicas import merge
 
 pytestmark = pytest.mark.slow
@@ -102,6 +104,8 @@ def test_dvc_repro_quantization_aware_training(repro):
         assert entry["tensorrt_readiness"]["ready"] and entry["recipe"]["tool"].startswith("pipeline.quant")
         assert manifest["model"]["qat_method"] == method and manifest["model"]["parent"] == "gkd_bmfi-resnet18"
         assert manifest["parity"]["tolerance"]["box_iou"] == 0.95          # qat.parity, not deploy.parity
+        detector = DeployedDetector(folder)                                   # the folder's only file: int8
+        assert detector.precision == "int8" and detector.detect(np.zeros((96, 320, 3), np.uint8)) is not None
     meta = json.loads((root / "metrics" / "synthetic" / "gfl" / "qat" / "gkd_bmfi" / "gkd_bmfi-resnet18.json")
                       .read_text())
     assert meta["kd_balance"]["mode"] == "auto" and meta["tensorrt_ready"]

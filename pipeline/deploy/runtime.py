@@ -284,8 +284,9 @@ class DeployedDetector:
     """An exported detector with its manifest.
 
     Args:
-        path: an export folder (``model.onnx`` is used) or a file in it: ``model.onnx``,
-            ``model-fp16.onnx``, ``model-int8.onnx`` or ``model-<precision>.engine``.
+        path: an export folder (its ``model.onnx``; a QAT export's only file, ``model-int8.onnx``)
+            or a file in it: ``model.onnx``, ``model-fp16.onnx``, ``model-int8.onnx`` or
+            ``model-<precision>.engine``.
         providers: ONNX Runtime execution providers (ignored for engines).
         threads: CPU threads for ONNX Runtime.
     """
@@ -294,8 +295,11 @@ class DeployedDetector:
         path = Path(path)
         if not path.exists():
             raise UserError(f"{path}: no such export folder or file; run the export stage (dvc repro) or fix the path")
-        folder, name = (path, "model.onnx") if path.is_dir() else (path.parent, path.name)
+        folder, name = (path, None) if path.is_dir() else (path.parent, path.name)
         self.manifest = read_manifest(folder)
+        if name is None:    # a folder: its fp32 graph, else its only ONNX file (a QAT export's model-int8.onnx)
+            onnx_files = [n for n, e in self.manifest.get("artifacts", {}).items() if e.get("kind") == "onnx"]
+            name = "model.onnx" if "model.onnx" in onnx_files or len(onnx_files) != 1 else onnx_files[0]
         self.path = folder / name
         self.entry = artifact_entry(self.manifest, folder, name)
         self.precision = self.entry["precision"]
