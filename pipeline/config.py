@@ -199,8 +199,9 @@ class GKDParams(Record):
     ``signed`` (false: maps from |grad| and |A|, as the released code), ``targets`` (``pseudo``:
     the model's own top ``pseudo_top_k`` detections with score > ``pseudo_score_thr``, as
     released), ``area_normalize`` (divide each box's mask patch by its grown area),
-    ``temperature`` T of the attention, and the per-detector weights (METHOD.md section 4: KITTI's
-    GKD weights per detector, COCO-Traffic's in ``datasets``).
+    ``temperature`` T of the attention, ``standardize`` (imitate per-channel standardised
+    features, as PKD; off: the paper's raw features), and the per-detector weights (METHOD.md
+    section 4: KITTI's GKD weights per detector, COCO-Traffic's in ``datasets``).
     """
 
     signed: bool = True
@@ -209,6 +210,7 @@ class GKDParams(Record):
     pseudo_score_thr: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
     area_normalize: bool = True
     temperature: Annotated[float, Field(gt=0.0)] = 0.5
+    standardize: bool = False
     gfl: GKDWeights = GKDWeights(gkd_weight=0.1, beta=1e-3, alpha=0.5)
     faster_rcnn: GKDWeights = GKDWeights(gkd_weight=0.5, beta=5e-5, alpha=1.0)
     #: per-dataset replacements of the per-detector weights (the authors' COCO-Traffic GKD weights)
@@ -308,7 +310,7 @@ class DeployParams(Record):
     """
 
     models: Annotated[tuple[Annotated[str, Field(pattern=EXPORT_MODEL_NAME)], ...], Field(min_length=1)] = (
-        "baseline-resnet18", "gkd_bmfi-resnet18")
+        "gkd_bmfi-resnet18",)
     precisions: Annotated[tuple[Literal["fp32", "fp16", "int8", "int8_cpu"], ...], Field(min_length=1)] = (
         "fp32", "fp16", "int8", "int8_cpu")
     opset: Annotated[int, Field(ge=17, le=23)] = 17

@@ -157,3 +157,18 @@ def test_terms_vanish_when_student_equals_teacher():
     ctx = KDContext("gfl", (8, 16), {}, student_grads=t_grads, teacher_grads=t_grads)
     terms = build_method("gkd_bmfi", "gfl", DistillParams())(student, teacher, _Batch(), ctx)
     assert all(v.item() == pytest.approx(0.0, abs=1e-7) for v in terms.values())
+
+
+def test_standardized_imitation_does_not_depend_on_the_features_scale():
+    """distill.gkd.standardize: the imitation of per-channel standardised features is the same for
+    features of any scale and offset per channel (the raw term grows with the square of the scale);
+    the teacher's attention still weighs it."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 4, 6, 8, generator=g), torch.randn(2, 4, 6, 8, generator=g)
+    mask = torch.rand(2, 1, 6, 8, generator=g)
+    base = imitation_loss(s, t, mask, 0.5, standardize=True)
+    assert imitation_loss(3 * s + 1, t, mask, 0.5, standardize=True) == pytest.approx(float(base), rel=1e-4)
+    assert imitation_loss(3 * s, t, mask, 0.5) > 2 * imitation_loss(s, t, mask, 0.5)
+    assert float(imitation_loss(t * 2 - 5, t, mask, 0.5, standardize=True)) == pytest.approx(0.0, abs=1e-4)
+    method = build_method("gkd_bmfi", "gfl", DistillParams(gkd={"standardize": True}), 4, 1)
+    assert method.standardize

@@ -62,19 +62,34 @@ def uniform_mask(feats: Tensor, area_normalize: bool = True) -> Tensor:
     return feats.new_full((n, 1, h, w), value, dtype=torch.float32)
 
 
-def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float | None) -> Tensor:
+def standardized(feats: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each channel of each image to zero mean and unit variance over its ``H x W`` cells (PKD's
+    normalisation): ``[N, C, H, W]`` -> same shape, float32."""
+    f = feats.float()
+    mean = f.mean(dim=(2, 3), keepdim=True)
+    std = f.var(dim=(2, 3), keepdim=True, unbiased=False).add(eps).sqrt()
+    return (f - mean) / std
+
+
+def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float | None,
+                   standardize: bool = False) -> Tensor:
     """Eq. 9's first term on one level: ``sum M * S_T * C_T * (A_T - A_S)^2 / N``.
 
     Args:
         student, teacher: ``[N, C, H, W]`` (teacher detached).
         mask: ``[N, 1, H, W]``: ``M_box``, or :func:`uniform_mask` (``mask`` off).
         temperature: ``T`` of the teacher's attention, or ``None`` for no attention (``mfi`` off).
+        standardize: imitate :func:`standardized` features (``distill.gkd.standardize``; the
+            attention weights still come from the teacher's raw features).
     """
     t = teacher.detach().float()
     weight = mask
     if temperature is not None:
         weight = weight * spatial_attention(t, temperature) * channel_attention(t, temperature)
-    return (weight * (t - student.float()) ** 2).sum() / student.shape[0]
+    s = student.float()
+    if standardize:
+        t, s = standardized(t), standardized(s)
+    return (weight * (t - s) ** 2).sum() / student.shape[0]
 
 
 def attention_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -101,6 +116,8 @@ class GKDBMFI(KDMethod):
             the GKD maps (the distiller computes them).
         area_normalize: divide each box's mask patch by its area (``M_box``).
         pseudo_top_k, pseudo_score_thr: the pseudo targets' selection.
+        standardize: imitate per-channel standardised features (:func:`standardized`, PKD's
+            normalisation), making the term independent of the features' scale.
 
     Returns (forward): ``kd_<name>_gkd`` (when ``gkd``), ``kd_<name>_imitation`` (when ``mask`` or
     ``mfi``), ``kd_<name>_attention`` (when ``mfi``): weighted scalars.
@@ -109,7 +126,7 @@ class GKDBMFI(KDMethod):
     def __init__(self, name: str = "gkd_bmfi", gkd: bool = True, mask: bool = True, mfi: bool = True,
                  gkd_weight: float = 0.1, beta: float = 1e-3, alpha: float = 0.5, temperature: float = 0.5,
                  signed: bool = True, targets: str = "gt", area_normalize: bool = True,
-                 pseudo_top_k: int = 10, pseudo_score_thr: float = 0.3) -> None:
+                 pseudo_top_k: int = 10, pseudo_score_thr: float = 0.3, standardize: bool = False) -> None:
         super().__init__()
         if targets not in ("gt", "pseudo"):
             raise ValueError(f"targets must be 'gt' or 'pseudo', got {targets!r}")
@@ -120,6 +137,7 @@ class GKDBMFI(KDMethod):
         self.gkd_weight, self.beta, self.alpha, self.temperature = gkd_weight, beta, alpha, temperature
         self.signed, self.targets, self.area_normalize = signed, targets, area_normalize
         self.pseudo_top_k, self.pseudo_score_thr = pseudo_top_k, pseudo_score_thr
+        self.standardize = standardize
         self.needs_teacher_loss = gkd
         self.needs_feature_grads = gkd
         # alpha weighs a term inside L_BMFI (Eq. 9), so it is relative: beta scales it too
@@ -140,7 +158,7 @@ class GKDBMFI(KDMethod):
             for s, t, stride in zip(student_feats, teacher_feats, context.strides):
                 mask = (gaussian_box_mask(batch.boxes, stride, tuple(s.shape[-2:]), self.area_normalize)
                         if self.use_mask else uniform_mask(s, self.area_normalize))
-                imitation = imitation + imitation_loss(s, t, mask, temperature)
+                imitation = imitation + imitation_loss(s, t, mask, temperature, self.standardize)
                 if self.use_mfi:
                     attention = attention + attention_loss(s, t, self.temperature)
             terms[f"kd_{self.name}_imitation"] = self.beta * imitation

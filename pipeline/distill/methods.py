@@ -34,7 +34,7 @@ def _gkd_family(name: str, detector: str, params: DistillParams, channels: int, 
     return GKDBMFI(name=name, gkd=gkd, mask=mask, mfi=mfi, gkd_weight=weights.gkd_weight, beta=weights.beta,
                    alpha=weights.alpha, temperature=g.temperature, signed=g.signed, targets=g.targets,
                    area_normalize=g.area_normalize, pseudo_top_k=g.pseudo_top_k,
-                   pseudo_score_thr=g.pseudo_score_thr)
+                   pseudo_score_thr=g.pseudo_score_thr, standardize=g.standardize)
 
 
 def _inherit_only(name: str, detector: str, params: DistillParams, channels: int, num_levels: int,
