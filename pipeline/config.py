@@ -345,18 +345,20 @@ class QATParams(Record):
     constant learning rate ``lr`` (after ``train.warmup_iters``' warm-up). ``parity``: the export
     gate's tolerances for the Q/DQ graph against the PyTorch fake-quant model. They are wider than
     ``deploy.parity``'s: a last-bit difference of a convolution flips the rounding of an activation
-    that sits on a quantization boundary and the flip travels through the later quantized layers
-    (measured on the default's QAT student: 244 of 4856 detections move by more than 0.001 in score,
-    15 by more than 0.005 or below IoU 0.98, 3 by more than 0.01 or below IoU 0.95; mAP50 by 0.02).
+    that sits on a quantization boundary, the flip travels through the later quantized layers and
+    now and then moves a box across an NMS or top-100 decision. Measured on the default's two QAT
+    students: mAP50 within 0.002; beyond IoU 0.9 / score 0.02, 19 of 5000 detections (plain QAT,
+    0.4%), beyond IoU 0.95 / score 0.01, 28 of 5000 (0.6%). A wrong scale or placement moves
+    nearly every detection (tests/test_qat.py), far beyond 2%.
     """
 
     models: Annotated[tuple[Annotated[str, Field(pattern=EXPORT_MODEL_NAME)], ...], Field(min_length=1)] = (
         "gkd_bmfi-resnet18",)
     methods: Annotated[tuple[Annotated[str, Field(pattern=METHOD_NAME)], ...], Field(min_length=1)] = (
-        "none", "gkd_bmfi")
+        "gkd_bmfi",)
     epochs: Annotated[int, Field(ge=1, le=1000)] = 1
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.001
-    parity: ParityParams = ParityParams(box_iou=0.95, score_tol=0.01)
+    parity: ParityParams = ParityParams(box_iou=0.9, score_tol=0.02, max_unmatched=0.02)
 
     @model_validator(mode="after")
     def _no_duplicates(self) -> "QATParams":

@@ -8,13 +8,17 @@ trained fake quantizers', pipeline/quant/export_qdq.py) and manifest.json, after
 * the parity gate: ONNX Runtime on the Q/DQ graph against the PyTorch fake-quant model on the val
   split, with ``deploy.parity``'s tolerances (a failure leaves no folder behind);
 * the TensorRT-readiness check (pipeline/deploy/trt_readiness.py), which must pass.
-Also writes the int8 file's val detections (detections/<dataset>/<detector>/qat/<method>/<model>.npz,
+Also scores the same trained weights with the quantizers off (``mAP50_float_weights``, and the
+int8 file's paired interval against them: what int8 itself costs, apart from the fine-tuning) and
+writes the int8 file's val detections (detections/<dataset>/<detector>/qat/<method>/<model>.npz,
 for the paired bootstrap of the qat table) and metrics/<dataset>/<detector>/qat/<method>/<model>.json.
 """
 from __future__ import annotations
 
 import argparse
 import time
+
+import torch
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.deploy.bundle import export_qat_bundle
@@ -22,8 +26,10 @@ from pipeline.engine.checkpoint import Arch
 from pipeline.engine.runs import QATRun, curated_path
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir, write_json
-from pipeline.metrics.bootstrap import save_detections
-from pipeline.quant.qat import load_qat_model
+from pipeline.engine.inference import predict_dataset
+from pipeline.metrics import evaluate_detections
+from pipeline.metrics.bootstrap import image_matches, paired_gain, save_detections
+from pipeline.quant.qat import load_qat_model, quantizer_mode
 
 
 @exit_on_user_error
@@ -49,10 +55,16 @@ def main(argv: list[str] | None = None) -> None:
         manifest, dets = export_qat_bundle(model, tmp, params, val, identity, run.model_path)
     save_detections(detections_path, dets)
     entry = manifest["artifacts"]["model-int8.onnx"]
+    # the same trained weights without quantization: what int8 itself costs, apart from the fine-tuning
+    with quantizer_mode(model, "off"):
+        float_dets = predict_dataset(model, val, torch.device("cpu"), params.eval.batch_size, progress=False)
+    float_map = evaluate_detections(val.coco, float_dets)["mAP50"]
+    versus_float = paired_gain([image_matches(val.coco, dets)], [image_matches(val.coco, float_dets)]).as_dict()
     write_json(metrics_path, {"model": run.model, "parent": args.model, "qat_method": args.method,
                               "epochs": meta.get("epochs"), "lr": meta.get("lr"), "kd_balance": meta.get("kd_balance"),
                               "mAP50": entry["eval"]["mAP50"], "voc_mAP50": entry["eval"]["voc_mAP50"],
                               "mAP50_pytorch_fake_quant": manifest["pytorch"]["mAP50"], "parity": manifest["parity"],
+                              "mAP50_float_weights": float_map, "int8_vs_float_weights": versus_float,
                               "tensorrt_ready": entry["tensorrt_readiness"]["ready"],
                               "quantized_nodes": entry["recipe"]["quantized_nodes"]})
     parity = manifest["parity"]

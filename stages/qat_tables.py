@@ -21,7 +21,7 @@ from pipeline.deploy.parity import backend_detections
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.engine.runs import QATRun, RunId, curated_path
 from pipeline.errors import exit_on_user_error
-from pipeline.io import atomic_file, write_json
+from pipeline.io import atomic_file, read_json, write_json
 from pipeline.metrics.bootstrap import image_matches, load_detections
 from pipeline.report.qat_table import markdown, qat_rows, variant_label
 
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             qat = QATRun(args.dataset, args.detector, parent, method)
             detections[variant_label(method)] = load_detections(qat.detections_path)
         matches = {label: image_matches(val_coco, dets) for label, dets in detections.items()}
+        own_float = {variant_label(m): read_json(QATRun(args.dataset, args.detector, parent, m).metrics_path,
+                                                 "the qat_export stage (dvc repro)") for m in q.methods}
         contestants = {}
         for label, path in files.items():
             backend = OnnxBackend(path, ["CPUExecutionProvider"], bp.threads)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                 batched = (lambda b=backend, a=small: [b.run(*a) for _ in range(bp.throughput_batch)])
             contestants[label] = (lambda b=backend, a=small: b.run(*a), batched, None)
         latency = measure_interleaved(contestants, bp.throughput_batch, bp.warmup_iters, bp.iters, bp.throughput_iters)
-        rows += qat_rows(parent, matches, latency)
+        rows += qat_rows(parent, matches, latency, own_float)
 
     md_path, json_path = table_paths(args.dataset, args.detector)
     text = markdown(args.dataset, args.detector, rows, bp.threads)

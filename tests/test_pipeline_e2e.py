@@ -103,7 +103,7 @@ def test_dvc_repro_quantization_aware_training(repro):
         entry = manifest["artifacts"]["model-int8.onnx"]
         assert entry["tensorrt_readiness"]["ready"] and entry["recipe"]["tool"].startswith("pipeline.quant")
         assert manifest["model"]["qat_method"] == method and manifest["model"]["parent"] == "gkd_bmfi-resnet18"
-        assert manifest["parity"]["tolerance"]["box_iou"] == 0.95          # qat.parity, not deploy.parity
+        assert manifest["parity"]["tolerance"]["box_iou"] == 0.9           # qat.parity, not deploy.parity
         detector = DeployedDetector(folder)                                   # the folder's only file: int8
         assert detector.precision == "int8" and detector.detect(np.zeros((96, 320, 3), np.uint8)) is not None
     meta = json.loads((root / "metrics" / "synthetic" / "gfl" / "qat" / "gkd_bmfi" / "gkd_bmfi-resnet18.json")

@@ -187,6 +187,14 @@ def test_qat_graph_is_tensorrt_ready_and_agrees_with_the_fake_quant_model(tmp_pa
         k = int(ref[0][i, 0])
         np.testing.assert_allclose(np.sort(got[2][i, :k]), np.sort(ref[2][i, :k]), atol=tol.score_tol)
 
+    # the gate's tolerance still sees a wrong scale: the stem's input scale doubled moves the scores
+    stem = next(t for t in graph.graph.initializer if t.name.startswith("images_qdq") and t.name.endswith("_scale"))
+    stem.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(stem) * 2, stem.name))
+    onnx.save(graph, str(tmp_path / "wrong.onnx"))
+    wrong = OnnxBackend(tmp_path / "wrong.onnx", ["CPUExecutionProvider"], qdq_as_written=True).run(x.numpy(), sizes)
+    k = int(min(ref[0][0, 0], wrong[0][0, 0]))
+    assert (ref[0] != wrong[0]).any() or np.abs(np.sort(wrong[2][0, :k]) - np.sort(ref[2][0, :k])).max() > tol.score_tol
+
 
 # ----------------------------------------------------------------------------- training and model files
 def test_fine_tuning_moves_the_weights_and_keeps_the_calibrated_ranges():
