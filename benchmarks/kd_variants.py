@@ -58,7 +58,7 @@ def main() -> None:
     dataset, detector = params["datasets"][0], params["model"]["detectors"][0]
     students = args.students or params["distill"]["students"]
     teacher_path = RunId(dataset, detector, params["distill"]["teacher"]).model_path
-    links = [curated_path(dataset, "train"), curated_path(dataset, "val"), teacher_path]
+    links = [curated_path(dataset, "train"), curated_path(dataset, "val"), Path("data") / "raw" / dataset, teacher_path]
     needed = links + [RunId(dataset, detector, f"{role}-{s}").detections_path for s in students
                       for role in ("baseline", METHOD)]
     missing = [str(p) for p in needed if not p.exists()]
