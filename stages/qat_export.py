@@ -6,7 +6,7 @@ Reads models/<dataset>/<detector>/qat/<method>/<model>.pt (the qat stage's) and 
 exports/<dataset>/<detector>/qat/<method>/<model>/ with model-int8.onnx (Q/DQ whose scales are the
 trained fake quantizers', pipeline/quant/export_qdq.py) and manifest.json, after
 * the parity gate: ONNX Runtime on the Q/DQ graph against the PyTorch fake-quant model on the val
-  split, with ``deploy.parity``'s tolerances (a failure leaves no folder behind);
+  split, with ``qat.parity``'s tolerances (a failure leaves no folder behind);
 * the TensorRT-readiness check (pipeline/deploy/trt_readiness.py), which must pass.
 Also scores the same trained weights with the quantizers off (``mAP50_float_weights``, and the
 int8 file's paired interval against them: what int8 itself costs, apart from the fine-tuning) and
@@ -49,18 +49,17 @@ def main(argv: list[str] | None = None) -> None:
     model, meta = load_qat_model(run.model_path, arch)
     identity = {"dataset": run.dataset, "detector": run.detector, "model": run.model, "backbone": run.backbone,
                 "parent": args.model, "qat_method": args.method}
-    folder, detections_path, metrics_path = run.export_dir, run.detections_path, run.metrics_path
     start = time.perf_counter()
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(run.export_dir) as tmp:
         manifest, dets = export_qat_bundle(model, tmp, params, val, identity, run.model_path)
-    save_detections(detections_path, dets)
+    save_detections(run.detections_path, dets)
     entry = manifest["artifacts"]["model-int8.onnx"]
     # the same trained weights without quantization: what int8 itself costs, apart from the fine-tuning
     with quantizer_mode(model, "off"):
         float_dets = predict_dataset(model, val, torch.device("cpu"), params.eval.batch_size, progress=False)
     float_map = evaluate_detections(val.coco, float_dets)["mAP50"]
     versus_float = paired_gain([image_matches(val.coco, dets)], [image_matches(val.coco, float_dets)]).as_dict()
-    write_json(metrics_path, {"model": run.model, "parent": args.model, "qat_method": args.method,
+    write_json(run.metrics_path, {"model": run.model, "parent": args.model, "qat_method": args.method,
                               "epochs": meta.get("epochs"), "lr": meta.get("lr"), "kd_balance": meta.get("kd_balance"),
                               "mAP50": entry["eval"]["mAP50"], "voc_mAP50": entry["eval"]["voc_mAP50"],
                               "mAP50_pytorch_fake_quant": manifest["pytorch"]["mAP50"], "parity": manifest["parity"],
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parity = manifest["parity"]
     print(f"exported {run} in {time.perf_counter() - start:.0f} s: int8 mAP50 ONNX Runtime {entry['eval']['mAP50']:.2f} "
           f"/ PyTorch fake-quant {parity['mAP50_pytorch']:.2f}, {parity['matched']}/{parity['detections']} detections "
-          f"matched; TensorRT-ready {entry['tensorrt_readiness']['ready']} -> {folder}")
+          f"matched; TensorRT-ready {entry['tensorrt_readiness']['ready']} -> {run.export_dir}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, collate, load_curated
 from pipeline.deploy.benchmark import measure_interleaved
+from pipeline.deploy.bundle import eval_batch
 from pipeline.deploy.manifest import artifact_entry, read_manifest
 from pipeline.deploy.parity import backend_detections
 from pipeline.deploy.runtime import OnnxBackend
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     val = CuratedDataset(val_coco, params.input, train=False)
     one = collate([val[0]])
     many = collate([val[i % len(val)] for i in range(bp.throughput_batch)])
-    batch = params.eval.batch_size if params.deploy.dynamic_batch else 1
+    batch = eval_batch(params)
     rows = []
     for parent in q.models:
         files = _files(args.dataset, args.detector, parent, q.methods)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import platform
-from functools import partial
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +50,11 @@ def _metrics(coco: dict, dets: dict) -> dict[str, float]:
     return {"mAP50": m["mAP50"], "voc_mAP50": m["voc_mAP50"], "mAP": m["mAP"]}
 
 
+def eval_batch(params: Params) -> int:
+    """Images per ONNX Runtime call over val: ``eval.batch_size``, or 1 for a static-batch graph."""
+    return params.eval.batch_size if params.deploy.dynamic_batch else 1
+
+
 def _evaluate_onnx(path: Path, val: CuratedDataset, batch_size: int, threads: int | None,
                    qdq_as_written: bool = False) -> tuple[dict, dict]:
     """ORT-CPU detections and metrics of one ONNX file over val (``{"skipped": why}`` if it cannot run);
@@ -85,10 +89,10 @@ def _parity_gate(model: Detector, path: Path, val: CuratedDataset, params: Param
     as written, the arithmetic of PyTorch's fake quantization (:func:`_evaluate_int8`), under
     ``qat.parity``. Returns ``(torch detections, ORT evaluation,
     ORT detections, parity report)``."""
-    batch_size = params.eval.batch_size if params.deploy.dynamic_batch else 1     # a static graph takes one image
+    batch_size = eval_batch(params)
     torch_dets = predict_dataset(model, val, torch.device("cpu"), batch_size, progress=False)
-    evaluate = _evaluate_int8 if quantized else partial(_evaluate_onnx, threads=None)
-    onnx_eval, onnx_dets = evaluate(path, val, batch_size)
+    onnx_eval, onnx_dets = (_evaluate_int8(path, val, batch_size) if quantized
+                            else _evaluate_onnx(path, val, batch_size, None))
     if "skipped" in onnx_eval:
         raise UserError(f"{path}: {onnx_eval['skipped']}")
     tol = params.qat.parity if quantized else params.deploy.parity
@@ -159,7 +163,7 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
     """
     deploy = params.deploy
     input_hw = params.input.padded_shape
-    batch_size = params.eval.batch_size if deploy.dynamic_batch else 1     # a static graph takes one image
+    batch_size = eval_batch(params)
     model = model.eval().cpu()
     fp32 = folder / artifact_name("fp32")
     info = export_onnx(model, fp32, input_hw, deploy.opset, deploy.dynamic_batch, deploy.simplify)
