@@ -8,7 +8,8 @@ import torch
 
 from pipeline.config import DistillParams
 from pipeline.distill.base import KDContext
-from pipeline.distill.bmfi import attention_loss, channel_attention, imitation_loss, spatial_attention, uniform_mask
+from pipeline.distill.bmfi import (attention_loss, channel_attention, imitation_loss, spatial_attention, standardized,
+                                   uniform_mask)
 from pipeline.distill.gkd import gkd_loss, gradient_map
 from pipeline.distill.masks import gaussian_box_mask
 from pipeline.distill.methods import build_method
@@ -172,3 +173,78 @@ def test_standardized_imitation_does_not_depend_on_the_features_scale():
     assert float(imitation_loss(t * 2 - 5, t, mask, 0.5, standardize=True)) == pytest.approx(0.0, abs=1e-4)
     method = build_method("gkd_bmfi", "gfl", DistillParams(gkd={"standardize": True}), 4, 1)
     assert method.standardize
+
+
+def _direct_standardized(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """PKD's normalisation written out: per channel over N x H x W, population variance."""
+    mean = torch.mean(x, dim=(0, 2, 3), keepdim=True)
+    var = torch.var(x, dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def test_standardisation_is_per_channel_over_batch_and_space_of_each_level():
+    """Each level's channel statistics span the batch and the map (PKD), not one image's map: an
+    offset and scale per image stays in the standardised features."""
+    g = torch.Generator().manual_seed(1)
+    levels = [torch.randn(2, 4, 6, 8, generator=g), torch.randn(3, 4, 3, 4, generator=g),
+              torch.randn(2, 5, 1, 2, generator=g)]
+    for x in levels:
+        x = x * torch.arange(1.0, x.shape[0] + 1).view(-1, 1, 1, 1) + torch.randn(x.shape[0], 1, 1, 1, generator=g)
+        got = standardized(x)
+        assert got.dtype == torch.float32 and got.shape == x.shape
+        torch.testing.assert_close(got, _direct_standardized(x), rtol=1e-5, atol=1e-5)
+        assert got.var(dim=(0, 2, 3), unbiased=False).sub(1).abs().max() < 1e-3
+        per_image = (x - x.mean((2, 3), keepdim=True)) / x.var((2, 3), keepdim=True, unbiased=False).add(1e-5).sqrt()
+        assert not torch.allclose(got, per_image, atol=1e-2)
+
+
+def test_standardisation_runs_in_float32_under_autocast():
+    x = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(2)).mul(40).add(300).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = standardized(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, _direct_standardized(x.float()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_standardised_imitation_is_finite_on_a_1x1_level(n):
+    """N*H*W = 1 (every cell its own mean): zeros, loss 0; N*H*W = 2: finite. Gradients finite."""
+    g = torch.Generator().manual_seed(3)
+    student = (100 * torch.randn(n, 4, 1, 1, generator=g)).requires_grad_()
+    teacher = 100 * torch.randn(n, 4, 1, 1, generator=g)
+    z = standardized(student)
+    assert torch.isfinite(z).all()
+    if n == 1:
+        assert not z.any()
+    else:                                                         # two cells: +-d / sqrt(d^2 + eps) ~ +-1
+        assert torch.allclose(z.abs(), torch.ones_like(z), atol=1e-3)
+    loss = imitation_loss(student, teacher, torch.ones(n, 1, 1, 1), 0.5, standardize=True)
+    assert torch.isfinite(loss)
+    assert loss.item() == 0.0 if n == 1 else loss.item() >= 0.0
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
+
+
+def test_standardised_imitation_gradients_are_finite_on_every_level():
+    student, teacher, _, _ = _features()
+    loss = sum(imitation_loss(s, t, torch.rand(s.shape[0], 1, *s.shape[2:]), 0.5, standardize=True)
+               for s, t in zip(student, teacher))
+    loss.backward()
+    assert all(torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0 for s in student)
+
+
+def test_standardize_changes_what_is_imitated_not_where_nor_the_attention_term():
+    """The imitation weights S_T * C_T come from the teacher's raw features, and the attention L1
+    stays on raw features, with or without distill.gkd.standardize."""
+    student, teacher, _, _ = _features()
+    s, t = student[0].detach(), 5 * teacher[0] + 2
+    mask = torch.rand(2, 1, 6, 8, generator=torch.Generator().manual_seed(4))
+    weight = mask * spatial_attention(t, 0.5) * channel_attention(t, 0.5)
+    expected = (weight * (_direct_standardized(t) - _direct_standardized(s)) ** 2).sum() / 2
+    assert imitation_loss(s, t, mask, 0.5, standardize=True).item() == pytest.approx(expected.item(), rel=1e-5)
+
+    ctx = KDContext("gfl", (8, 16), {})
+    raw = build_method("bmfi", "gfl", DistillParams())(student, teacher, _Batch(), ctx)
+    std = build_method("bmfi", "gfl", DistillParams(gkd={"standardize": True}))(student, teacher, _Batch(), ctx)
+    assert std["kd_bmfi_attention"].item() == raw["kd_bmfi_attention"].item()
+    assert std["kd_bmfi_imitation"].item() != pytest.approx(raw["kd_bmfi_imitation"].item(), rel=1e-2)

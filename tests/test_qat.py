@@ -223,3 +223,70 @@ def test_qat_model_file_round_trips_and_a_float_file_is_refused(tmp_path):
     save_model(tmp_path / "float.pt", tiny_model("gfl"), arch)
     with pytest.raises(UserError, match="float.pt: not a quantization-aware model file"):
         load_qat_model(tmp_path / "float.pt", arch)
+
+
+# ----------------------------------------------------------------------------- float32 arithmetic under autocast
+def _cpu_autocast(dtype: torch.dtype):
+    """``torch.autocast("cpu", dtype)``, or a skip where this torch's CPU autocast lacks ``dtype``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctx = torch.autocast("cpu", dtype=dtype)
+        with ctx:
+            supported = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == dtype
+    if not supported:
+        pytest.skip(f"CPU autocast does not support {dtype} in torch {torch.__version__}")
+    return torch.autocast("cpu", dtype=dtype)
+
+
+def codes(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int8 codes of a fake-quant output (its dequantized values, exact to < 0.5 step)."""
+    return torch.round(y.float() / scale.float()).to(torch.int8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_fake_quant_under_autocast_computes_the_float32_codes(dtype, autocast_dtype):
+    """The division and rounding run in float32 whatever the autocast and input dtypes: the codes
+    of a bf16/fp16 input are float32's on the same (upcast) values, the output is the float32
+    output in the input's dtype, and the straight-through gradient is unchanged."""
+    scale = torch.tensor(0.0371)
+    ties = (torch.arange(-130, 130) + 0.5) * scale                 # boundaries of every step, saturation
+    x = torch.cat([ties, torch.randn(20_000, generator=torch.Generator().manual_seed(0)) * 2]).to(dtype)
+    ref = fake_quant(x.float(), scale)
+    x.requires_grad_()
+    with _cpu_autocast(autocast_dtype):
+        y = fake_quant(x, scale)
+    assert y.dtype == dtype
+    assert torch.equal(codes(y, scale), codes(ref, scale))
+    assert torch.equal(y, ref.to(dtype))
+    assert codes(y, scale).min() == QMIN and codes(y, scale).max() == QMAX
+    y.float().sum().backward()
+    inside = (torch.round(x.detach().float() / scale) >= QMIN) & (torch.round(x.detach().float() / scale) <= QMAX)
+    assert torch.equal(x.grad, inside.to(dtype))
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_quant_conv_under_autocast_quantizes_with_the_float32_codes(autocast_dtype):
+    """A QuantConv2d fed a low-precision activation under autocast (as after a previous autocast
+    layer) fake-quantizes its input and weight to the codes of float32 on the same values."""
+    from pipeline.quant.fake_quant import quantize_module, weight_scales
+
+    torch.manual_seed(0)
+    conv = quantize_module(torch.nn.Conv2d(4, 8, 3, padding=1))
+    conv.input_quant.amax.fill_(3.0)
+    x = (torch.randn(2, 4, 9, 9) * 1.5).to(autocast_dtype)
+    seen = []
+    conv.input_quant.register_forward_hook(lambda m, i, o: seen.append(o))
+    with _cpu_autocast(autocast_dtype), torch.no_grad():
+        out = conv(x)
+        weight = conv.quantized_weight()
+    assert out.dtype == autocast_dtype and torch.isfinite(out).all()
+    a_scale, w_scale = conv.input_quant.scale, weight_scales(conv.weight)
+    with torch.no_grad():
+        ref_in, ref_w = conv.input_quant(x.float()), conv.quantized_weight()
+        ref_out = torch.nn.functional.conv2d(ref_in, ref_w, conv.bias, padding=1)
+    assert torch.equal(codes(seen[0], a_scale), codes(ref_in, a_scale))
+    assert torch.equal(codes(weight, w_scale), codes(ref_w, w_scale))
+    assert torch.allclose(out.float(), ref_out, atol=0.03 * float(ref_out.abs().max()))

@@ -63,12 +63,34 @@ def uniform_mask(feats: Tensor, area_normalize: bool = True) -> Tensor:
 
 
 def standardized(feats: Tensor, eps: float = 1e-5) -> Tensor:
-    """Each channel of each image to zero mean and unit variance over its ``H x W`` cells (PKD's
-    normalisation): ``[N, C, H, W]`` -> same shape, float32."""
-    f = feats.float()
-    mean = f.mean(dim=(2, 3), keepdim=True)
-    std = f.var(dim=(2, 3), keepdim=True, unbiased=False).add(eps).sqrt()
-    return (f - mean) / std
+    """PKD's normalisation (Cao et al., NeurIPS 2022; mmrazor's ``PKDLoss.norm``) of one
+    feature level: each channel ``c`` to zero mean and unit variance over all ``M = N*H*W`` cells of
+    the batch, ``[N, C, H, W]`` -> same shape, float32::
+
+        F^_c = (F_c - mu_c) / sqrt(sigma_c^2 + eps),   mu_c, sigma_c^2 over dims (0, 2, 3)
+
+    ``sigma^2`` is the population variance (divisor ``M``), so ``F^`` has exactly unit variance
+    and ``sum (F^_T - F^_S)^2 = 2 M (1 - r)`` per channel (``eps`` aside), ``r`` the Pearson
+    correlation of teacher and student, which is what makes PKD's loss a PCC loss. mmrazor's
+    unbiased ``std + 1e-6`` differs by the factor ``sqrt((M-1)/M)``, and is NaN at ``M = 1``.
+
+    Few cells: no minimum-cell rule. The statistics use all ``M`` cells; a standardised value is
+    at most ``sqrt(M - 1)`` in magnitude, and ``eps`` keeps the denominator at least
+    ``sqrt(eps)``, so the result and its gradient are finite for every ``M >= 1``. A channel
+    whose cells all equal their mean (any channel of a ``1x1`` level at batch 1, a dead channel)
+    becomes zeros; at ``M = 1`` teacher and student both do, so the level adds 0 to the loss and
+    its gradient (a correlation of one cell is undefined). A cut-off would add a hyper-parameter
+    and a jump in the loss where a level crosses it, for levels that then carry no PKD term.
+
+    The statistics couple the images of a batch (as PKD's), per process: not synchronised across
+    data-parallel replicas. They are computed in float32 with autocast off, whatever the input's
+    dtype or the autocast region.
+    """
+    with torch.autocast(feats.device.type, enabled=False):
+        f = feats.float()
+        mean = f.mean(dim=(0, 2, 3), keepdim=True)
+        var = f.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        return (f - mean) / (var + eps).sqrt()
 
 
 def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float | None,
@@ -79,8 +101,12 @@ def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: 
         student, teacher: ``[N, C, H, W]`` (teacher detached).
         mask: ``[N, 1, H, W]``: ``M_box``, or :func:`uniform_mask` (``mask`` off).
         temperature: ``T`` of the teacher's attention, or ``None`` for no attention (``mfi`` off).
-        standardize: imitate :func:`standardized` features (``distill.gkd.standardize``; the
-            attention weights still come from the teacher's raw features).
+        standardize: imitate :func:`standardized` features (``distill.gkd.standardize``: each
+            level's channels over ``N x H x W``, teacher and student alike). The weights ``S_T``,
+            ``C_T`` still come from the teacher's *raw* features, deliberately: they say where to
+            imitate (Eq. 7-8, softmax of mean ``|A|`` / T), and on standardised features every
+            channel's mean ``|A|`` is about the same, which would flatten ``C_T`` to near-uniform
+            and change ``S_T``; standardisation changes only what is compared, not where.
     """
     t = teacher.detach().float()
     weight = mask
@@ -94,7 +120,10 @@ def imitation_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: 
 
 def attention_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """Eq. 9's second term (without ``alpha``) on one level:
-    ``(|S_T - S_S|_1 + |C_T - C_S|_1) / N``."""
+    ``(|S_T - S_S|_1 + |C_T - C_S|_1) / N``; ``student, teacher`` ``[N, C, H, W]`` -> scalar.
+
+    Always on the raw features, ``distill.gkd.standardize`` or not: the term transfers the
+    teacher's attention maps themselves (Eq. 7-8), which standardisation would flatten."""
     t = teacher.detach()
     s_term = (spatial_attention(t, temperature) - spatial_attention(student, temperature)).abs().sum()
     c_term = (channel_attention(t, temperature) - channel_attention(student, temperature)).abs().sum()
@@ -117,7 +146,8 @@ class GKDBMFI(KDMethod):
         area_normalize: divide each box's mask patch by its area (``M_box``).
         pseudo_top_k, pseudo_score_thr: the pseudo targets' selection.
         standardize: imitate per-channel standardised features (:func:`standardized`, PKD's
-            normalisation), making the term independent of the features' scale.
+            normalisation over ``N x H x W`` of each level), making the imitation term independent
+            of the features' scale; the attention weights and the attention L1 stay on raw features.
 
     Returns (forward): ``kd_<name>_gkd`` (when ``gkd``), ``kd_<name>_imitation`` (when ``mask`` or
     ``mfi``), ``kd_<name>_attention`` (when ``mfi``): weighted scalars.
