@@ -53,13 +53,12 @@ def load_coco_json(path: Path) -> dict[str, Any]:
             missing = [k for k in keys if k not in record]
             if missing:
                 raise UserError(f"{path}: {kind}[{index}] is missing key {missing[0]!r}")
-    seen: set = set()
-    for index, record in enumerate(data["images"]):
-        if record["id"] in seen:
-            raise UserError(f"{path}: images[{index}].id = {record['id']!r} is used by another image too; "
-                            "image ids must be unique: fix the file")
-        seen.add(record["id"])
+    image_ids = _check_images(path, data["images"])
     for index, ann in enumerate(data["annotations"]):
+        _check_integers(path, "annotations", index, ann, ("image_id", "category_id"))
+        if ann["image_id"] not in image_ids:
+            raise UserError(f"{path}: annotations[{index}] (id {ann['id']!r}): image_id {ann['image_id']} is not "
+                            "the id of any entry in 'images'; fix the image_id or add the image's record")
         check_bbox(ann["bbox"], f"{path}: annotations[{index}].bbox")
     names = {c.get("id"): c.get("name") for c in data["categories"]}
     for cat_id, name in KEPT_CATEGORIES.items():
@@ -68,6 +67,28 @@ def load_coco_json(path: Path) -> dict[str, Any]:
                 f"{path}: category id {cat_id} should be {name!r} (COCO 2017 ids), found {names.get(cat_id)!r}"
             )
     return data
+
+
+def _check_images(path: Path, images: list[dict]) -> set[int]:
+    """Integer ``id``, ``width``, ``height`` and unique ids; returns the ids."""
+    seen: set[int] = set()
+    for index, record in enumerate(images):
+        _check_integers(path, "images", index, record, ("id", "width", "height"))
+        if record["id"] in seen:
+            raise UserError(f"{path}: images[{index}].id = {record['id']!r} is used by another image too; "
+                            "image ids must be unique: fix the file")
+        seen.add(record["id"])
+    return seen
+
+
+def _check_integers(path: Path, kind: str, index: int, record: dict, keys: tuple[str, ...]) -> None:
+    """``record[key]`` is a JSON integer for each of ``keys`` (COCO's ids and sizes are)."""
+    for key in keys:
+        value = record[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UserError(f"{path}: {kind}[{index}] (id {record['id']!r}): field {key!r} = {value!r} is a "
+                            f"{type(value).__name__}, expected an integer; fix the "
+                            f"{'image record' if kind == 'images' else 'annotation'}")
 
 
 def check_bbox(bbox: Any, where: str) -> None:

@@ -1,6 +1,7 @@
 """A torch Dataset over a curated COCO-format json, and the collate into :class:`Batch`.
 
-Per image: decode RGB, keep-ratio resize into the ``input`` box, flip with probability
+Per image: decode RGB as displayed (EXIF orientation applied: :func:`pipeline.data.images.read_rgb`,
+still importable from here), keep-ratio resize into the ``input`` box, flip with probability
 ``flip_prob`` (training only; decided by ``(seed, epoch, index)`` so runs are
 reproducible whatever the worker count), normalise, pad to the fixed padded input shape.
 """
@@ -14,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.config import InputParams
 from pipeline.data import transforms as T
-from pipeline.data.images import check_eight_bit
+from pipeline.data.images import read_rgb
 from pipeline.errors import UserError
 from pipeline.structures import Batch
 
@@ -49,16 +49,6 @@ def load_curated(path: Path) -> dict[str, Any]:
         if key not in data:
             raise UserError(f"{path}: missing key {key!r}; re-run the curate stage")
     return data
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to ``[H, W, 3]`` uint8 RGB."""
-    try:
-        with Image.open(path) as image:
-            check_eight_bit(path, image.mode)
-            return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"{path}: cannot read image ({err}); replace or remove the file") from None
 
 
 class CuratedDataset(Dataset):

@@ -4,8 +4,15 @@ Label lines have KITTI's 15 fields::
 
     type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y
 
-with the 2D box ``x1 y1 x2 y2`` in original-image pixels. Every problem with the files
-raises :class:`~pipeline.errors.UserError` naming the file, the line and the field.
+with the 2D box ``x1 y1 x2 y2`` in original-image pixels, ``truncated`` in [0, 1] and
+``occluded`` one of 0 (fully visible), 1 (partly occluded), 2 (largely occluded), 3 (unknown),
+as in KITTI's devkit readme; its DontCare lines carry -1 for both, which the ignore classes
+(DontCare, Misc) may. Every problem with the files raises :class:`~pipeline.errors.UserError`
+naming the file, the line and the field.
+
+Labels are in the stored pixel frame: KITTI's tools ignore EXIF (real KITTI PNGs carry none),
+while the pipeline reads every image as displayed (EXIF orientation applied). The two agree only
+for an image without an EXIF orientation, so one with an orientation other than 1 is refused.
 """
 from __future__ import annotations
 
@@ -13,9 +20,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from pipeline.data.images import check_eight_bit
+from pipeline.data.images import read_header
 from pipeline.errors import UserError
 
 RAW_CLASSES = ("Car", "Van", "Truck", "Tram", "Pedestrian", "Person_sitting", "Cyclist", "Misc", "DontCare")
@@ -36,6 +41,9 @@ GROUPED_CLASSES = ("Car", "Pedestrian", "Cyclist")
 FIELDS = ("type", "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2",
           "h", "w", "l", "x", "y", "z", "rotation_y")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+OCCLUSION_LEVELS = (0, 1, 2, 3)
+#: KITTI's "not labelled" value of truncated and occluded, on DontCare lines.
+UNLABELLED = -1
 
 
 @dataclass(frozen=True)
@@ -85,16 +93,27 @@ def parse_label_line(line: str, where: str) -> KittiObject:
             f"{where}: box has x1,y1,x2,y2 = {x1:g},{y1:g},{x2:g},{y2:g} with x2 < x1 or y2 < y1; "
             "KITTI boxes are left, top, right, bottom"
         )
-    if occluded != int(occluded):
-        raise UserError(f"{where}: field 'occluded' = {parts[2]!r} must be an integer (-1..3)")
+    _check_difficulty_inputs(kind, truncated, occluded, parts, where)
     return KittiObject(type=kind, truncated=truncated, occluded=int(occluded), box=(x1, y1, x2, y2))
 
 
+def _check_difficulty_inputs(kind: str, truncated: float, occluded: float, parts: list[str], where: str) -> None:
+    """``truncated`` in [0, 1] and ``occluded`` in 0..3 (they set KITTI's difficulty levels);
+    the ignore classes (DontCare, Misc) may carry KITTI's -1 ("not labelled") instead."""
+    unlabelled = (UNLABELLED,) if GROUPS[kind] is None else ()
+    if not (0.0 <= truncated <= 1.0 or truncated in unlabelled):
+        raise UserError(f"{where}: field 'truncated' = {parts[1]!r} is outside [0, 1] (the fraction of the object "
+                        "leaving the image; -1 on DontCare/Misc lines only); fix the value")
+    if occluded not in OCCLUSION_LEVELS + unlabelled:
+        raise UserError(f"{where}: field 'occluded' = {parts[2]!r} is not one of 0, 1, 2, 3 (fully visible, partly "
+                        "occluded, largely occluded, unknown; -1 on DontCare/Misc lines only); fix the value")
+
+
 def read_labels(path: Path) -> tuple[KittiObject, ...]:
-    """All objects of one label file (blank lines skipped)."""
+    """All objects of one label file (blank lines and a UTF-8 byte-order mark skipped)."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[:err.start].count(b"\n") + 1
         raise UserError(f"{path} line {line}: byte 0x{raw[err.start]:02x} is not UTF-8 text; KITTI label files are "
@@ -107,24 +126,37 @@ def read_labels(path: Path) -> tuple[KittiObject, ...]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header; unreadable or non-8-bit files raise UserError.
+    """``(width, height)`` from the image header; unreadable, non-8-bit, too large or EXIF-rotated
+    files raise UserError (see the module docstring for the last).
 
     Only the header is read (curation of 7,481 KITTI frames stays I/O-light); pixel data
     that is corrupt past the header is reported by the data loader when it decodes it.
     """
-    try:
-        with Image.open(path) as image:
-            mode, size = image.mode, image.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"{path}: cannot read image ({err}); replace or remove the file") from None
-    check_eight_bit(path, mode)
-    return size
+    header = read_header(path)
+    if header.orientation != 1:
+        raise UserError(f"{path}: EXIF orientation {header.orientation} (shown turned or mirrored), but KITTI labels "
+                        "refer to the stored pixels and the pipeline reads images as displayed: save the image "
+                        "upright without the tag (labels drawn on the displayed image) or just drop the tag "
+                        "(labels drawn on the stored pixels)")
+    return header.width, header.height
 
 
 def _frame_id(stem: str, path: Path) -> int:
     if not stem.isdigit():
         raise UserError(f"{path}: KITTI frames are named by number (000123.png); rename the file")
     return int(stem)
+
+
+def _images_by_stem(image_dir: Path) -> dict[str, Path]:
+    """The images of ``image_dir`` by file stem; two images of one stem (``000001.png`` and
+    ``000001.jpg``) are refused, as either could be the one the label file describes."""
+    images: dict[str, Path] = {}
+    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        if path.stem in images:
+            raise UserError(f"{images[path.stem]} and {path.name} are both images of frame {path.stem}; one image "
+                            "per frame: remove or rename one of them")
+        images[path.stem] = path
+    return images
 
 
 def read_kitti_folder(root: Path) -> list[KittiFrame]:
@@ -141,7 +173,7 @@ def read_kitti_folder(root: Path) -> list[KittiFrame]:
                 f"{folder}: dataset folder not found; {root} must hold KITTI's training/ "
                 "layout (image_2/ and label_2/), e.g. a symlink to your download"
             )
-    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    images = _images_by_stem(image_dir)
     labels = {p.stem: p for p in label_dir.iterdir() if p.suffix == ".txt"}
     for stem, label in sorted(labels.items()):
         if stem not in images:

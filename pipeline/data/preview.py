@@ -6,7 +6,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from pipeline.data.dataset import read_rgb
+from pipeline.data.images import read_rgb
 from pipeline.draw import class_colour, tile_grid
 
 IGNORE_COLOUR = (128, 128, 128)

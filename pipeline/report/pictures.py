@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.data.dataset import read_rgb
+from pipeline.data.images import read_rgb
 from pipeline.draw import TRUTH_COLOUR, class_colour, draw_boxes, tile_grid
 from pipeline.metrics.diagnostics import confusion_matrix, pr_curves
 
