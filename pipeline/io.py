@@ -4,16 +4,22 @@ Every write goes to ``.<name>.tmp-<pid>-<random>`` beside its destination and is
 when complete. A process killed mid-write (SIGKILL, power loss) leaves that temporary behind; the
 next write of the same destination removes the ones whose process is gone. Published files and
 folders get the permissions the umask allows (0666/0777 minus the umask), like a plain ``open``.
+
+No writer replaces the working directory, a folder above it or a git repository's root. A command's
+``--out`` folder (:func:`command_output_dir`) is stricter: it replaces only an empty folder or, with
+``--overwrite``, one holding the marker file the command writes into each of its output folders, and
+never an export folder or a folder holding the command's inputs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +62,154 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
     return removed
 
 
+def protected_reason(path: Path) -> str | None:
+    """Why no writer may ever replace or remove ``path`` (the working directory, a folder above it,
+    a git repository's root), or None when it is an ordinary path."""
+    resolved, cwd = Path(path).resolve(), Path.cwd().resolve()
+    if resolved == cwd:
+        return "is the working directory"
+    if resolved in cwd.parents:
+        return "is a folder above the working directory"
+    if (resolved / ".git").exists():
+        return "is a git repository's root"
+    return None
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the ones created, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        _remove_empty(missing)
+        raise
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the ``folders`` (deepest first) that are still empty, e.g. parents made for a failed write."""
+    for folder in folders:
+        with suppress(OSError):
+            folder.rmdir()
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` onto ``final``: a previous ``final`` is moved aside first and put back if the
+    rename fails, so a failed swap loses nothing; it is removed once ``tmp`` is in place."""
+    old = None
+    if final.is_symlink() or final.exists():
+        old = final.parent / f"{_temp_prefix(final)}old-{os.urandom(4).hex()}"
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        with suppress(OSError):
+            old.unlink()
+
+
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, guard: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success it replaces ``final``.
 
-    On any exception the temporary folder is removed and ``final`` is left as it was.
+    ``guard(final)``, when given, may refuse the destination (raise): it is called before anything is
+    written and again just before the swap. The working directory, a folder above it and a git
+    repository's root are always refused (UserError). On any exception the temporary folder is
+    removed and ``final`` is left as it was.
     """
     final = Path(final)
+    if guard is not None:
+        guard(final)
+    reason = protected_reason(final)
+    if reason:
+        raise UserError(f"{final}: {reason}; an output is written to a folder of its own, never over this one")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder private to its writer
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder private to its writer
         yield tmp
+        if guard is not None:
+            guard(final)
+        _swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.is_symlink() or final.is_file():
-        final.unlink()
-    elif final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+
+def _place_problem(out: Path, inputs: Sequence[Path]) -> str | None:
+    """Why ``out``'s place rules it out as a command's output folder (the reason and the fix), or None."""
+    reason = protected_reason(out)
+    if reason:
+        return f"{reason}; give a new folder of its own"
+    for given in inputs:
+        if out.resolve() == Path(given).resolve() or out.resolve() in Path(given).resolve().parents:
+            return f"contains the input {given}; give a folder outside the inputs"
+    if out.is_symlink():
+        return "is a symbolic link; give a new folder (the link is left as it is)"
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == out else f"{existing} "
+        return f"{where}is a file, not a folder; give a new folder path"
+    return None
+
+
+def _contents_problem(out: Path, overwrite: bool, marker: str) -> str | None:
+    """Why the folder ``out`` (when it exists) may not be replaced by a command's output, or None."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    if (out / "manifest.json").exists():
+        return "is an export folder (has manifest.json); give a new folder of its own"
+    if not overwrite:
+        return ("exists and is not empty; give a new or empty folder, or pass --overwrite to replace this "
+                "command's earlier output")
+    if not (out / marker).is_file():
+        return (f"has no {marker} file: this command did not write it, and --overwrite replaces only folders it "
+                "wrote; give a new or empty folder")
+    return None
+
+
+def claim_output_dir(out: Path, overwrite: bool, inputs: Sequence[Path], marker: str, option: str = "--out") -> None:
+    """Refuse, in one line naming ``option``, an output folder a command must not write: the working
+    directory or a folder above it, a git repository's root, an export folder, a folder holding one of
+    the ``inputs``, a file or a path under one, and a non-empty folder, unless ``overwrite`` and the
+    folder holds the ``marker`` file the command writes into every output folder of its own."""
+    problem = _place_problem(Path(out), inputs) or _contents_problem(Path(out), overwrite, marker)
+    if problem:
+        raise UserError(f"{option} {out}: {problem}")
+
+
+@contextmanager
+def command_output_dir(out: Path, overwrite: bool, inputs: Sequence[Path], marker: str, record: dict[str, Any],
+                       option: str = "--out") -> Iterator[Path]:
+    """:func:`atomic_dir` for a command's output folder: checked by :func:`claim_output_dir` (before
+    writing and again before the swap), with ``marker`` holding ``record`` (json) in it. A failure
+    also removes the parent folders made for it; an OSError while writing (read-only file system, no
+    permission, no such place) ends in one line naming ``option``."""
+    out = Path(out)
+    guard = functools.partial(claim_output_dir, overwrite=overwrite, inputs=inputs, marker=marker, option=option)
+    guard(out)
+    created: list[Path] = []
+    try:
+        created = _make_parents(out.parent)
+        with atomic_dir(out, guard=guard) as tmp:
+            (tmp / marker).write_text(json.dumps(record) + "\n")
+            yield tmp
+    except BaseException as err:
+        _remove_empty(created)
+        if isinstance(err, OSError):
+            raise UserError(f"{option} {out}: cannot write there ({err.strerror or err}); give a folder you can "
+                            "write to") from None
+        raise
 
 
 @contextmanager

@@ -25,6 +25,8 @@ Pure python and json only: the runtime imports this module, and the runtime must
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ FORMAT = "gkd-bmfi-export/1"
 MANIFEST = "manifest.json"
 REQUIRED = ("format", "model", "class_names", "input", "preprocessing", "outputs", "nms", "artifacts")
 PREPROCESSING_KEYS = ("resize_wh", "mean", "std", "pad_hw", "normalize_in_graph", "interpolation")
+IDENTITY_KEYS = ("dataset", "detector", "model", "backbone")
 ENGINE_KEYS = ("precision", "sha256", "tensorrt_version", "gpu_name", "compute_capability")
 
 
@@ -61,6 +64,69 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def _is_int(value: Any, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _list_of(value: Any, length: int, ok: Callable[[Any], bool]) -> bool:
+    return isinstance(value, list) and len(value) == length and all(ok(v) for v in value)
+
+
+#: (field, check, what it must be): the types and values the runtime and ``gkd-bmfi info`` rely on.
+FIELD_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model", lambda v: isinstance(v, dict) and all(isinstance(v.get(k), str) for k in IDENTITY_KEYS),
+     f"an object with the strings {', '.join(IDENTITY_KEYS)}"),
+    ("artifacts", lambda v: isinstance(v, dict) and all(isinstance(e, dict) for e in v.values()),
+     "an object of file name -> entry object"),
+    ("class_names", lambda v: isinstance(v, list) and bool(v) and all(isinstance(n, str) and n for n in v),
+     "a non-empty list of class name strings"),
+    ("input", lambda v: isinstance(v, dict), "an object"),
+    ("input.shape", lambda v: isinstance(v, list) and len(v) == 4 and (v[0] == "N" or _is_int(v[0]))
+     and _is_int(v[1]) and v[1] == 3 and _is_int(v[2]) and _is_int(v[3]),
+     "[N or batch size, 3, height, width] with positive ints"),
+    ("preprocessing", lambda v: isinstance(v, dict), "an object"),
+    *((f"preprocessing.{key}", lambda v: _list_of(v, 2, _is_int), "a pair of positive ints")
+      for key in ("resize_wh", "pad_hw")),
+    ("preprocessing.mean", lambda v: _list_of(v, 3, _is_number), "a list of 3 finite numbers"),
+    ("preprocessing.std", lambda v: _list_of(v, 3, lambda x: _is_number(x) and x > 0),
+     "a list of 3 finite numbers above 0"),
+)
+_MISSING = object()
+
+
+def _field(data: dict[str, Any], dotted: str) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"`` (``_MISSING`` when absent)."""
+    for key in dotted.split("."):
+        data = data.get(key, _MISSING) if isinstance(data, dict) else _MISSING
+    return data
+
+
+def _shown(value: Any) -> str:
+    """``value`` as json, cut to one short line for a message."""
+    text = "missing" if value is _MISSING else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_manifest_fields(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a manifest whose fields have the wrong types or values (one line naming the field)."""
+    for field, ok, what in FIELD_RULES:
+        value = _field(data, field)
+        if value is _MISSING or not ok(value):
+            raise UserError(f"{path}: {field} is {_shown(value)}, must be {what}; re-run the export stage")
+        if field == "preprocessing":
+            absent = [k for k in PREPROCESSING_KEYS if k not in value]
+            if absent:
+                raise UserError(f"{path}: preprocessing.{absent[0]} missing; re-run the export stage")
+    (resize_w, resize_h), (pad_h, pad_w) = data["preprocessing"]["resize_wh"], data["preprocessing"]["pad_hw"]
+    if resize_w > pad_w or resize_h > pad_h:
+        raise UserError(f"{path}: preprocessing.resize_wh {[resize_w, resize_h]} (w, h) does not fit in pad_hw "
+                        f"{[pad_h, pad_w]} (h, w); re-run the export stage")
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Read and check ``folder/manifest.json``: one clear line for a missing or malformed one."""
     path = Path(folder) / MANIFEST
@@ -78,13 +144,19 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise UserError(f"{path}: missing key {missing[0]!r}; re-run the export stage")
     if data["format"] != FORMAT:
         raise UserError(f"{path}: format {data['format']!r} is not {FORMAT!r}; re-export with this version")
-    pre = data["preprocessing"]
-    absent = [k for k in PREPROCESSING_KEYS if k not in pre]
-    if absent:
-        raise UserError(f"{path}: preprocessing.{absent[0]} missing; re-run the export stage")
-    if not isinstance(data["class_names"], list) or not data["class_names"]:
-        raise UserError(f"{path}: class_names must be a non-empty list; re-run the export stage")
+    check_manifest_fields(path, data)
     return data
+
+
+def artifact_mismatch(folder: Path, file_name: str, entry: dict[str, Any]) -> str | None:
+    """Why ``folder/file_name`` is not the file the manifest's ``entry`` describes (missing, or its
+    sha256 differs), or None when it is."""
+    path = Path(folder) / file_name
+    if not path.is_file():
+        return "listed in the manifest but missing"
+    if entry.get("sha256") != sha256(path):
+        return "sha256 differs from the manifest's; the file was changed or truncated"
+    return None
 
 
 def artifact_entry(manifest: dict[str, Any], folder: Path, file_name: str) -> dict[str, Any]:
@@ -95,11 +167,9 @@ def artifact_entry(manifest: dict[str, Any], folder: Path, file_name: str) -> di
         listed = ", ".join(sorted(manifest["artifacts"])) or "none"
         raise UserError(f"{Path(folder) / MANIFEST}: no entry for {file_name} (lists {listed}); "
                         "the file does not belong to this export, re-run the export stage")
-    if not path.is_file():
-        raise UserError(f"{path}: listed in the manifest but missing; re-run the export stage")
-    if entry.get("sha256") != sha256(path):
-        raise UserError(f"{path}: sha256 differs from the manifest's; the file was changed or truncated, "
-                        "re-run the export stage")
+    mismatch = artifact_mismatch(folder, file_name, entry)
+    if mismatch:
+        raise UserError(f"{path}: {mismatch}; re-run the export stage")
     if entry.get("kind") == "engine":
         missing = [k for k in ENGINE_KEYS if k not in entry]
         if missing:

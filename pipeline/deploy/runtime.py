@@ -123,6 +123,40 @@ def check_image(image: object) -> np.ndarray:
     return image
 
 
+def check_score_threshold(score_threshold: object, name: str = "score_threshold") -> float:
+    """``score_threshold`` as a float in ``[0, 1]``, or one line naming it (as ``name``) and the fix."""
+    real = (int, float, np.integer, np.floating)
+    if not isinstance(score_threshold, real) or isinstance(score_threshold, bool) \
+            or not 0.0 <= float(score_threshold) <= 1.0:
+        raise UserError(f"{name} = {score_threshold!r} must be a number in [0, 1] (e.g. 0.3)")
+    return float(score_threshold)
+
+
+def check_run_inputs(images: object, sizes: object, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` ``[N, 3, H, W]`` float32 (preprocessed) and ``sizes`` ``[N, 2]`` finite (h, w) in
+    ``(0, H] x (0, W]`` as arrays, or one line naming the argument that is wrong."""
+    images, sizes = np.asarray(images), np.asarray(sizes)
+    h, w = input_hw
+    if images.dtype != np.float32:
+        raise UserError(f"images dtype is {images.dtype}, expected float32 preprocessed pixels [N, 3, {h}, {w}] "
+                        "(preprocess() gives them; raw uint8 images go to detect())")
+    if images.ndim != 4 or tuple(images.shape[1:]) != (3, h, w):
+        raise UserError(f"images has shape {tuple(images.shape)}, expected [N, 3, {h}, {w}] (preprocess() "
+                        "gives [3, H, W] per image: np.stack them)")
+    n = images.shape[0]
+    if sizes.shape != (n, 2):
+        raise UserError(f"image_sizes has shape {tuple(sizes.shape)} for {n} images; expected [{n}, 2], one "
+                        "(height, width) per image before padding (Prepared.size_hw)")
+    if not (np.issubdtype(sizes.dtype, np.integer) or np.issubdtype(sizes.dtype, np.floating)):
+        raise UserError(f"image_sizes dtype is {sizes.dtype}, expected float32 (height, width) numbers")
+    bad = ~(np.isfinite(sizes) & (sizes > 0) & (sizes <= np.array([h, w]))).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"image_sizes[{i}] = {sizes[i].tolist()}: each (height, width) must be finite, above 0 and "
+                        f"at most the input's {h}x{w} (Prepared.size_hw)")
+    return images, sizes
+
+
 def preprocess(image: np.ndarray, pre: dict) -> Prepared:
     """Keep-ratio resize, normalise, pad, as the manifest's ``preprocessing`` (the same functions
     as training, :mod:`pipeline.data.transforms`)."""
@@ -341,17 +375,11 @@ class DeployedDetector:
         empty outputs without running the model.
 
         Raises:
-            UserError: shapes that do not fit the export (one line naming the argument).
+            UserError: one line naming the argument: images not float32 or not of the export's input
+                shape, sizes not ``[N, 2]`` or not finite, positive and within the input.
         """
-        images, sizes = np.asarray(images), np.asarray(sizes)
-        h, w = self.input_hw
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, h, w):
-            raise UserError(f"images has shape {tuple(images.shape)}, expected [N, 3, {h}, {w}] (preprocess() "
-                            "gives [3, H, W] per image: np.stack them)")
+        images, sizes = check_run_inputs(images, sizes, self.input_hw)
         n = images.shape[0]
-        if sizes.shape != (n, 2):
-            raise UserError(f"image_sizes has shape {tuple(sizes.shape)} for {n} images; expected [{n}, 2], one "
-                            "(height, width) per image before padding (Prepared.size_hw)")
         if self.max_batch is not None and n > self.max_batch:
             raise UserError(f"{n} images in one call, but {self.path.name} takes at most {self.max_batch}; "
                             "split the batch (detect_batch does)")
@@ -371,8 +399,7 @@ class DeployedDetector:
                 already drops those below its own test threshold).
             bgr: the images are BGR; they are flipped to RGB before preprocessing.
         """
-        if not 0.0 <= float(score_threshold) <= 1.0:
-            raise UserError(f"score_threshold = {score_threshold} must be in [0, 1]")
+        score_threshold = check_score_threshold(score_threshold)
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise UserError("detect_batch takes a list of [H, W, 3] images; for one image use detect(image)")
         prepared = [self.preprocess(np.ascontiguousarray(check_image(image)[..., ::-1]) if bgr else image)
@@ -388,8 +415,17 @@ class DeployedDetector:
                 keep = np.flatnonzero(scores[i, :k] >= score_threshold)
                 lab = labels[i, keep].astype(np.int64)
                 results.append(ImageDetections(to_original(boxes[i, keep], prep), scores[i, keep].astype(np.float32),
-                                               lab, tuple(self.class_names[j] for j in lab)))
+                                               lab, self.names_of(lab)))
         return results
+
+    def names_of(self, labels: np.ndarray) -> tuple[str, ...]:
+        """The class names of ``labels``; a label the manifest's ``class_names`` does not reach is refused."""
+        outside = [int(j) for j in labels if not 0 <= j < len(self.class_names)]
+        if outside:
+            raise UserError(f"{self.path.parent / 'manifest.json'}: class_names lists {len(self.class_names)} classes "
+                            f"but {self.path.name} gave class index {outside[0]}; class_names must name every class "
+                            "of the model, re-run the export stage")
+        return tuple(self.class_names[j] for j in labels)
 
     def detect(self, image: np.ndarray, score_threshold: float = 0.0, bgr: bool = False) -> ImageDetections:
         """Detections of one ``[H, W, 3]`` uint8 image (RGB, or BGR with ``bgr=True``), in its own
