@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.deploy.bundle import export_bundle
+from pipeline.deploy.parity import previous_export_note
 from pipeline.engine.runs import RunId, curated_path, load_trained
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir
@@ -39,14 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     model, _ = load_trained(run, val.class_names, params.model.fpn_channels)
     identity = {"dataset": run.dataset, "detector": run.detector, "model": run.model, "backbone": run.backbone}
     start = time.perf_counter()
-    with atomic_dir(export_dir(run)) as folder:
+    with previous_export_note(export_dir(run)), atomic_dir(export_dir(run)) as folder:
         manifest = export_bundle(model, folder, params, val, train, identity, run.model_path)
     parity = manifest["parity"]
     scores = "  ".join(f"{e['precision']} {e['eval']['mAP50']:.2f}" if "mAP50" in e.get("eval", {})
                        else f"{e['precision']} skipped" for e in manifest["artifacts"].values() if e["kind"] == "onnx")
     print(f"exported {run} in {time.perf_counter() - start:.0f} s: parity mAP50 PyTorch "
-          f"{parity['mAP50_pytorch']:.2f} / ONNX {parity['mAP50_onnx']:.2f}, {parity['matched']}/"
-          f"{parity['detections']} detections matched; ORT CPU mAP50 {scores}; TensorRT: "
+          f"{parity['mAP50_pytorch']:.2f} / ONNX {parity['mAP50_onnx']:.2f}, {parity['matched']} of "
+          f"{parity['detections_pytorch']} PyTorch detections matched; ORT CPU mAP50 {scores}; TensorRT: "
           f"{manifest['tensorrt'].get('skipped', 'built')} -> {export_dir(run)}")
 
 

@@ -22,6 +22,7 @@ import torch
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.deploy.bundle import export_qat_bundle
+from pipeline.deploy.parity import previous_export_note
 from pipeline.engine.checkpoint import Arch
 from pipeline.engine.runs import QATRun, curated_path
 from pipeline.errors import exit_on_user_error
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     identity = {"dataset": run.dataset, "detector": run.detector, "model": run.model, "backbone": run.backbone,
                 "parent": args.model, "qat_method": args.method}
     start = time.perf_counter()
-    with atomic_dir(run.export_dir) as tmp:
+    with previous_export_note(run.export_dir), atomic_dir(run.export_dir) as tmp:
         manifest, dets = export_qat_bundle(model, tmp, params, val, identity, run.model_path)
     save_detections(run.detections_path, dets)
     entry = manifest["artifacts"]["model-int8.onnx"]
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
                               "quantized_nodes": entry["recipe"]["quantized_nodes"]})
     parity = manifest["parity"]
     print(f"exported {run} in {time.perf_counter() - start:.0f} s: int8 mAP50 ONNX Runtime {entry['eval']['mAP50']:.2f} "
-          f"/ PyTorch fake-quant {parity['mAP50_pytorch']:.2f}, {parity['matched']}/{parity['detections']} detections "
-          f"matched; TensorRT-ready {entry['tensorrt_readiness']['ready']} -> {run.export_dir}")
+          f"/ PyTorch fake-quant {parity['mAP50_pytorch']:.2f}, {parity['matched']} of {parity['detections_pytorch']} "
+          f"PyTorch detections matched; TensorRT-ready {entry['tensorrt_readiness']['ready']} -> {run.export_dir}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def replica_params(raw: dict, dataset: str, detector: str, student: str, seed: i
     detector and student (no gradient maps, pictures or exports: metrics and detections only)."""
     return merge(raw, {"seed": seed, "datasets": [dataset], "model": {"detectors": [detector]},
                        "distill": {"students": [student], "gradmap_images": 0, "extra_seeds": []},
-                       "eval": {"pictures": 0}, "deploy": {"models": [f"baseline-{student}"]}})
+                       "eval": {"pictures": 0}, "deploy": {"models": [f"baseline-{student}"]},
+                       "qat": {"models": [f"baseline-{student}"]}})
 
 
 @exit_on_user_error

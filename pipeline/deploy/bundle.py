@@ -95,9 +95,9 @@ def _parity_gate(model: Detector, path: Path, val: CuratedDataset, params: Param
                             else _evaluate_onnx(path, val, batch_size, None))
     if "skipped" in onnx_eval:
         raise UserError(f"{path}: {onnx_eval['skipped']}")
-    tol = params.qat.parity if quantized else params.deploy.parity
+    section, tol = ("qat.parity", params.qat.parity) if quantized else ("deploy.parity", params.deploy.parity)
     report = parity_report(val.coco, torch_dets, onnx_dets, tol, info.nms["score_thr"], info.max_detections)
-    check_parity(report, tol, f"{identity['dataset']}/{identity['detector']}/{identity['model']}")
+    check_parity(report, tol, f"{identity['dataset']}/{identity['detector']}/{identity['model']}", section)
     return torch_dets, onnx_eval, onnx_dets, report
 
 

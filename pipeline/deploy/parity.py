@@ -9,10 +9,17 @@ scored with :func:`pipeline.metrics.evaluate_detections`. The gate passes when
   ``score_tol``), tie-insensitively: a detection left unmatched only counts against the gate
   when it is not explained by a boundary (its score within ``score_tol`` of the score threshold
   or of the last kept score of a full top-K list); at most ``max_unmatched`` of all detections
-  may be unexplained.
+  (PyTorch's and ONNX Runtime's together) may be unexplained. A detection that moved beyond the
+  tolerances is unmatched on both sides, so it counts twice, against twice the detections.
+
+A failed gate raises :class:`ParityError`; :func:`previous_export_note` adds what became of the
+previous export.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +31,10 @@ from pipeline.data.dataset import CuratedDataset, collate
 from pipeline.errors import UserError
 from pipeline.metrics import evaluate_detections
 from pipeline.structures import Detections
+
+
+class ParityError(UserError):
+    """The exported graph does not detect what PyTorch detects (one line, as every UserError)."""
 
 
 class Backend(Protocol):
@@ -85,33 +96,53 @@ def parity_report(coco: dict, ref: dict[int, Detections], got: dict[int, Detecti
                   score_thr: float, max_det: int) -> dict[str, Any]:
     """mAP50 of both sides and the per-image matching summary (plain floats and ints)."""
     ref_m, got_m = evaluate_detections(coco, ref), evaluate_detections(coco, got)
-    matched = unexplained = total = 0
+    matched = unexplained = ref_total = got_total = 0
     images_with_mismatch = 0
     for image_id in sorted(set(ref) | set(got)):
         r = ref.get(image_id, Detections.empty())
         g = got.get(image_id, Detections.empty())
-        m, bad = match_image(r, g, tol, score_thr, max_det)
+        m, bad = match_image(r, g, tol, score_thr, max_det)   # ``bad`` counts both sides' detections
         matched += m
         unexplained += bad
-        total += max(len(r), len(g))
+        ref_total += len(r)
+        got_total += len(g)
         images_with_mismatch += int(bad > 0)
+    total = ref_total + got_total
     return {
         "mAP50_pytorch": ref_m["mAP50"], "mAP50_onnx": got_m["mAP50"],
         "mAP50_abs_diff": abs(ref_m["mAP50"] - got_m["mAP50"]),
-        "detections": total, "matched": matched, "unexplained_unmatched": unexplained,
+        "detections": total, "detections_pytorch": ref_total, "detections_onnx": got_total,
+        "matched": matched, "unexplained_unmatched": unexplained,
         "unexplained_fraction": unexplained / max(total, 1), "images_with_mismatch": images_with_mismatch,
         "tolerance": tol.model_dump(),
     }
 
 
-def check_parity(report: dict[str, Any], tol: ParityParams, where: str) -> None:
-    """Raise one line naming what failed when the report misses a tolerance of ``tol``
-    (params ``deploy.parity``, the same record from params to here)."""
+def check_parity(report: dict[str, Any], tol: ParityParams, where: str, section: str = "deploy.parity") -> None:
+    """Raise :class:`ParityError` (one line naming what failed) when the report misses a tolerance
+    of ``tol`` (params ``section``: ``deploy.parity`` or ``qat.parity``, the same record from params
+    to here)."""
+    verdict = (f"the export is wrong, or {section} is tighter than the two runtimes' rounding allows; "
+               "no artifact was written")
     if report["mAP50_abs_diff"] > tol.map50_tol:
-        raise UserError(f"{where}: parity gate failed: ONNX mAP50 {report['mAP50_onnx']:.2f} vs PyTorch "
-                        f"{report['mAP50_pytorch']:.2f} (allowed difference {tol.map50_tol}); the export is wrong, "
-                        "no artifact was written")
+        raise ParityError(f"{where}: parity gate failed: ONNX mAP50 {report['mAP50_onnx']:.2f} vs PyTorch "
+                          f"{report['mAP50_pytorch']:.2f} (allowed difference {tol.map50_tol}); {verdict}")
     if report["unexplained_fraction"] > tol.max_unmatched:
-        raise UserError(f"{where}: parity gate failed: {report['unexplained_unmatched']} of {report['detections']} "
-                        f"detections differ from PyTorch's (IoU >= {tol.box_iou}, score within {tol.score_tol}) "
-                        f"on {report['images_with_mismatch']} images; the export is wrong, no artifact was written")
+        raise ParityError(f"{where}: parity gate failed: {report['unexplained_unmatched']} of {report['detections']} "
+                          f"detections differ (PyTorch's and ONNX Runtime's together: no counterpart of the same class "
+                          f"with IoU >= {tol.box_iou} and score within {tol.score_tol} on the other side, and no score "
+                          f"threshold or top-K boundary to explain it) on {report['images_with_mismatch']} images: "
+                          f"{report['unexplained_fraction']:.2%}, more than {section}.max_unmatched = "
+                          f"{tol.max_unmatched}; {verdict}")
+
+
+@contextmanager
+def previous_export_note(folder: Path) -> Iterator[None]:
+    """Run an export of ``folder``; a :class:`ParityError` gets what became of the previous export
+    appended (the atomic writer keeps it, but `dvc repro` deletes a stage's outputs before it runs)."""
+    try:
+        yield
+    except ParityError as err:
+        raise ParityError(f"{err}; a direct run leaves the previous {folder} as it was, while `dvc repro` "
+                          f"deleted it before the stage ran: `dvc checkout {folder}` brings back the one dvc.lock "
+                          "records") from None
