@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     env, device = distributed.setup(resolve_device(params.train.device), params.distributed.backend,
                                     cfg.batch_size)
     model = distributed.convert_sync_bn(model, env, device, params.distributed.sync_bn)
-    key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images])
+    key = weights_fingerprint(run, arch, cfg, params, data)
     start = time.perf_counter()
     result = train(model, data, cfg, run.checkpoint_dir, device, key, desc=str(run), rank=env.rank,
                    world_size=env.world_size, wrap=distributed.ddp_wrapper(env, device), log_dir=run.live_dir)

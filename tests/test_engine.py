@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -195,25 +196,84 @@ def test_dvclive_log_has_step_and_epoch_metrics_and_a_resumed_run_continues_it(t
     assert summary["epoch"]["epoch"] == 2 and {"loss", "loss_fit", "lr", "images_per_s"} <= set(summary["train"])
 
 
-def test_resume_fingerprint_changes_with_the_weights_recipe_only():
+def tiny_split(root: Path, box_x: float = 2.0, pixel: int = 0) -> dict:
+    """A two-image curated split (see docs/curated-format.md) with its PNGs under ``root``; ``box_x``
+    moves the first label, ``pixel`` sets one pixel of the second image."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, value in (("a.png", 0), ("b.png", pixel)):
+        array = np.full((16, 32, 3), 40, np.uint8)
+        array[0, 0] = value
+        Image.fromarray(array).save(root / name)
+    return {"info": {"image_root": str(root)}, "categories": [{"id": 1, "name": "Car"}],
+            "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 16},
+                       {"id": 2, "file_name": "b.png", "width": 32, "height": 16}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [box_x, 2, 10, 8], "iscrowd": 0},
+                            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [4, 2, 10, 8], "iscrowd": 0}]}
+
+
+@pytest.fixture
+def resume_key(tmp_path):
+    """``resume_key(split=..., train=..., distill=...)``: the resume fingerprint of a distilled run
+    under the default params with those changes."""
     import yaml
 
     from pipeline.config import parse_params
+    from pipeline.data.dataset import CuratedDataset
+    from pipeline.distill.methods import method_settings
     from pipeline.engine.recipe import loop_config, weights_fingerprint
     from pipeline.engine.runs import RunId
 
     from conftest import REPO
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    run = RunId("synthetic", "gfl", "baseline-resnet18")
-    arch = Arch("gfl", "resnet18", 3, ("Car", "Pedestrian", "Cyclist"), 256)
+    run = RunId("synthetic", "gfl", "gkd_bmfi-resnet18")
+    arch = Arch("gfl", "resnet18", 1, ("Car",), 256)
 
-    def key(**train):
-        params = parse_params({**raw, "train": {**raw["train"], **train}})
-        return weights_fingerprint(run, arch, loop_config(params, 3), params, [1, 2, 3])
+    def key(split: dict | None = None, train: dict | None = None, distill: dict | None = None,
+            method: str = "gkd_bmfi") -> str:
+        params = parse_params({**raw, "train": {**raw["train"], **(train or {})},
+                               "distill": {**raw["distill"], **(distill or {})}})
+        data = CuratedDataset(split or tiny_split(tmp_path / "same"), params.input, train=True)
+        return weights_fingerprint(run, arch, loop_config(params, 3), params, data,
+                                   method_settings(method, "gfl", params.distill, "synthetic"))
 
-    assert key() == key(num_workers=4)                     # the worker count: same weights, resumes
-    assert key() != key(lr=0.02) and key() != key(batch_size=8) and key() != key(grad_clip=None)
+    return key
+
+
+def test_resume_fingerprint_changes_with_the_weights_recipe_only(resume_key):
+    key = resume_key
+    assert key() == key(train={"num_workers": 4})           # the worker count: same weights, resumes
+    assert key() != key(train={"lr": 0.02}) and key() != key(train={"batch_size": 8})
+    assert key() != key(train={"grad_clip": None})
+
+
+def test_resume_fingerprint_follows_the_content_of_labels_and_images(resume_key, tmp_path):
+    key = resume_key
+    same = key(split=tiny_split(tmp_path / "moved"))          # the same files elsewhere: resumes
+    assert same == key()
+    assert key(split=tiny_split(tmp_path / "label", box_x=3.0)) != same       # one label line changed
+    assert key(split=tiny_split(tmp_path / "image", pixel=1)) != same         # one pixel of one image
+
+
+def test_resume_fingerprint_ignores_the_settings_of_other_methods_and_detectors(resume_key):
+    import yaml
+
+    from conftest import REPO
+
+    gkd = yaml.safe_load((REPO / "params.yaml").read_text())["distill"]["gkd"]
+    key = resume_key
+    assert key(distill={"baselines": {"fgd": {"gfl": {"alpha": 0.001}}}}) == key()
+    assert key(distill={"gkd": {**gkd, "faster_rcnn": {"gkd_weight": 9.0, "beta": 1.0, "alpha": 1.0}}}) == key()
+    assert key(distill={"gkd": {**gkd, "gfl": {"gkd_weight": 9.0, "beta": 1.0, "alpha": 1.0}}}) != key()
+    # inherit_only has no KD term: neither GKD's weights nor the balance restart it
+    control = {"method": "inherit_only"}
+    assert key(distill={"balance": {"mode": "paper"}}, **control) == key(**control)
+    assert key(distill={"gkd": {**gkd, "gfl": {"gkd_weight": 9.0, "beta": 1.0, "alpha": 1.0}}}, **control) \
+        == key(**control)
+    fgd = {"method": "fgd"}
+    assert key(distill={"baselines": {"fgd": {"gfl": {"alpha": 0.002}}}}, **fgd) != key(**fgd)
 
 
 def test_training_log_works_in_a_git_repository_without_commits(tmp_path, monkeypatch):

@@ -18,6 +18,9 @@ from pipeline.replicas import merge
 
 pytestmark = pytest.mark.slow
 
+#: What `env -i` leaves a newcomer's shell: no virtualenv, no pyenv shims first.
+PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
 TINY = {
     "synthetic": {"num_images": 10, "width": 320, "height": 96, "seed": 1},
     "input": {"width": 160, "height": 48},
@@ -48,10 +51,13 @@ def repro(tmp_path_factory):
         shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "2"}
+    # README command 1 in a newcomer's shell: `.venv/bin/dvc repro` with no virtualenv active and a
+    # plain system PATH; .venv is this test's environment, where scripts/setup would have made it
+    (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    env = {"HOME": os.environ.get("HOME", str(root)), "PATH": PLAIN_PATH, "OMP_NUM_THREADS": "2",
+           "LANG": "C.UTF-8"}
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=root, env=env,
+    result = subprocess.run([str(root / ".venv" / "bin" / "dvc"), "repro"], cwd=root, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root, env
@@ -117,7 +123,7 @@ def test_dvc_repro_quantization_aware_training(repro):
 
 def test_second_repro_is_up_to_date_and_metrics_are_listed(repro):
     root, env = repro
-    dvc = str(Path(sys.executable).parent / "dvc")
+    dvc = str(root / ".venv" / "bin" / "dvc")
     status = subprocess.run([dvc, "status"], cwd=root, env=env, capture_output=True, text=True)
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     shown = subprocess.run([dvc, "metrics", "show", "--json"], cwd=root, env=env, capture_output=True, text=True)
@@ -133,7 +139,7 @@ def stale_stages(root: Path, env: dict, edit) -> set[str]:
     edit(params)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json"], cwd=root, env=env,
+        out = subprocess.run([str(root / ".venv" / "bin" / "dvc"), "status", "--json"], cwd=root, env=env,
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         return set(json.loads(out.stdout or "{}"))
@@ -158,3 +164,46 @@ def test_edits_rerun_only_the_stages_they_change(repro):
     # flips are training-only: training stages rerun, evaluation-only stages do not depend on them
     flips = stale_stages(root, env, lambda p: p["input"].update(flip_prob=0.3))
     assert flips and all(name.split("@")[0] in {"train", "distill", "replica", "qat"} for name in flips), flips
+
+
+def test_settings_of_another_method_or_detector_leave_the_distill_stages_up_to_date(repro):
+    root, env = repro
+    fgd = stale_stages(root, env, lambda p: p["distill"].update(baselines={"fgd": {"gfl": {"alpha": 0.002}}}))
+    settings = {"kd_settings", "qat_kd_settings"}
+    assert fgd and all(name.split("@")[0] in settings for name in fgd), fgd
+    rcnn = stale_stages(root, env, lambda p: p["distill"]["gkd"].update(
+        faster_rcnn={"gkd_weight": 0.2, "beta": 1e-4, "alpha": 1.0}))
+    assert all(name.split("@")[0] in settings for name in rcnn), rcnn
+    # and after the settings stages run, every distill stage is still up to date
+    params = root / "params.yaml"
+    original = params.read_text()
+    edited = yaml.safe_load(original)
+    edited["distill"]["baselines"] = {"fgd": {"gfl": {"alpha": 0.002}}}
+    params.write_text(yaml.safe_dump(edited, sort_keys=False))
+    dvc = str(root / ".venv" / "bin" / "dvc")
+    try:
+        ran = subprocess.run([dvc, "repro"], cwd=root, env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+        assert "stages/distill.py" not in ran.stdout and "stages/train.py" not in ran.stdout, ran.stdout
+    finally:
+        params.write_text(original)
+        subprocess.run([dvc, "repro"], cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_a_new_synthetic_dataset_retrains_the_models(repro):
+    """Last in this module: it changes the workspace. Before the resume key held the data's content,
+    a finished checkpoint of the old data was "resumed" and the models came back unchanged."""
+    root, env = repro
+    models = {name: root / "models" / "synthetic" / "gfl" / f"{name}.pt"
+              for name in ("teacher-resnet18", "baseline-resnet18", "inherit_only-resnet18")}
+    before = {name: path.read_bytes() for name, path in models.items()}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["synthetic"]["seed"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    targets = ["train@synthetic-gfl-teacher-resnet18", "train@synthetic-gfl-baseline-resnet18",
+               "distill@synthetic-gfl-resnet18-inherit_only"]
+    ran = subprocess.run([str(root / ".venv" / "bin" / "dvc"), "repro", *targets], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    changed = [name for name, path in models.items() if path.read_bytes() != before[name]]
+    assert changed == list(models), f"not retrained: {sorted(set(models) - set(changed))}"

@@ -85,6 +85,10 @@ def _baseline(load: Callable[[], tuple[type, dict]], name: str, detector: str, p
         raise UserError(f"params.yaml: distill.baselines.{name}.{detector}: {err}") from None
 
 
+#: The baselines by name: ``() -> (module class, per-detector DEFAULTS)``, imported on demand.
+BASELINES: dict[str, Callable[[], tuple[type, dict]]] = {"mimic": _mimic, "fgd": _fgd, "fgfi": _fgfi,
+                                                         "defeat": _defeat}
+
 MethodBuilder = Callable[[str, str, DistillParams, int, int, str | None], KDMethod]
 
 #: name -> builder ``(name, detector, params.distill, fpn_channels, num_levels, dataset) -> KDMethod``.
@@ -94,10 +98,7 @@ METHODS: dict[str, MethodBuilder] = {
     "mfi": partial(_gkd_family, gkd=False, mask=False, mfi=True),
     "gkd": partial(_gkd_family, gkd=True, mask=False, mfi=False),
     "inherit_only": _inherit_only,
-    "mimic": partial(_baseline, _mimic),
-    "fgd": partial(_baseline, _fgd),
-    "fgfi": partial(_baseline, _fgfi),
-    "defeat": partial(_baseline, _defeat),
+    **{name: partial(_baseline, load) for name, load in BASELINES.items()},
 }
 
 #: The method names built by :func:`_gkd_family` (weights in ``distill.gkd``).
@@ -139,3 +140,31 @@ def paper_overrides(name: str, detector: str, method: KDMethod, params: DistillP
     if not method.WEIGHTS:
         return {}
     return {"baselines": {name: {detector: method.loss_weights()}}}
+
+
+def method_settings(name: str, detector: str, params: DistillParams, dataset: str | None = None) -> dict:
+    """Every ``distill`` setting that a run of method ``name`` for ``detector`` on ``dataset``
+    reads, resolved (json-serialisable): the one list of what enters that run's resume key and the
+    ``kd_settings`` file its DVC stage depends on, so that editing another method's settings, or
+    another detector's or dataset's weights, neither restarts the run nor makes it stale.
+
+    All methods: the teacher, ``inherit`` and ``gkd.signed`` (the gradient-map pictures). The
+    GKD-BMFI family: ``distill.gkd`` with the weights of this dataset and detector only,
+    ``student_grad`` and ``balance``. A baseline: its module's ``DEFAULTS`` for the detector with
+    ``distill.baselines.<name>.<detector>`` over them, and ``balance``. ``inherit_only``: nothing
+    more (it has no KD term to balance).
+    """
+    check_method(name)
+    settings: dict = {"method": name, "teacher": params.teacher, "inherit": params.inherit,
+                      "gradmaps_signed": params.gkd.signed}
+    if name in GKD_FAMILY:
+        g = params.gkd
+        settings["gkd"] = {**g.model_dump(mode="json", exclude={"gfl", "faster_rcnn", "datasets"}),
+                           **g.weights(dataset, detector).model_dump(mode="json")}
+        settings["student_grad"] = params.student_grad
+    elif name != "inherit_only":
+        _, defaults = BASELINES[name]()
+        settings[name] = {**defaults.get(detector, {}), **params.baselines.get(name, {}).get(detector, {})}
+    if name != "inherit_only":
+        settings["balance"] = params.balance.model_dump(mode="json")
+    return settings

@@ -5,7 +5,8 @@ Shared by the `train` and `distill` stages (and the benchmarks), so that no stag
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import hashlib
+import json
 from typing import Any
 
 from pipeline.config import Params
@@ -13,6 +14,7 @@ from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.engine.checkpoint import Arch
 from pipeline.engine.runs import RunId, curated_path, fingerprint
 from pipeline.engine.trainer import LoopConfig
+from pipeline.io import file_sha256
 
 #: LoopConfig fields that do not change the trained weights: a run resumes across a change of them
 #: (the flips are drawn from (seed, epoch, index), so the data order is the same for any worker count).
@@ -47,16 +49,32 @@ def training_set(params: Params, dataset: str) -> CuratedDataset:
     return CuratedDataset(coco, params.input, train=True, seed=params.seed)
 
 
-def weights_fingerprint(run: RunId, arch: Arch, cfg: LoopConfig, params: Params, image_ids: Sequence[int],
+def data_digest(data: CuratedDataset) -> str:
+    """sha256 of what a run learns from: the curated split as loaded (categories, image records,
+    annotations: every label and ignore region; not ``info.image_root``, a path) and the bytes of
+    every image file it reads. A fixed label, a re-generated image or another curation setting
+    changes it; moving the data folder does not. Cost: one read of the training images (about
+    0.1 s for the default's 200 synthetic scenes, about 6 s per GB of images)."""
+    split = {**data.coco, "info": {k: v for k, v in data.coco.get("info", {}).items() if k != "image_root"},
+             "images": data.images}
+    digest = hashlib.sha256(json.dumps(split, sort_keys=True, default=str).encode())
+    for record in data.images:
+        digest.update(file_sha256(data.image_root / record["file_name"]).encode())
+    return digest.hexdigest()
+
+
+def weights_fingerprint(run: RunId, arch: Arch, cfg: LoopConfig, params: Params, data: CuratedDataset,
                         *extra: Any) -> str:
     """The resume key of a training run: everything that changes its weights, nothing else.
 
     A ``last.pt`` written under another key is not resumed. In: the run, its architecture, the
     loop settings (not the worker count), the input settings, the backbone's init and freezing, the
-    training image ids and ``extra`` (the distillation settings and the teacher's sha256). Not in:
-    the process count (a run resumes under another count), the worker count, paths.
+    content of the training data (:func:`data_digest`) and ``extra`` (the settings of the KD method
+    being run, :func:`pipeline.distill.methods.method_settings`, and the teacher's sha256). Not in:
+    the process count (a run resumes under another count), the worker count, paths, the settings
+    of methods the run does not use.
     """
     loop = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_WEIGHTS}
     return fingerprint(run.model, run.detector, arch.as_dict(), loop, params.input.model_dump(),
                        params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
-                       list(image_ids), *extra)
+                       data_digest(data), *extra)

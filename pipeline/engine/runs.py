@@ -120,6 +120,13 @@ def curated_path(dataset: str, split: str) -> Path:
     return Path("data") / "curated" / dataset / f"{split}.json"
 
 
+def kd_settings_path(dataset: str, detector: str, method: str, qat: bool = False) -> Path:
+    """The resolved settings of KD method ``method`` for ``detector`` on ``dataset`` (stage
+    ``kd_settings``, or ``qat_kd_settings`` for a method of ``qat.methods``, ``none`` included):
+    the distill (qat) stages of that method depend on this file, not on params."""
+    return Path("models") / dataset / detector / ("qat" if qat else "") / "kd_settings" / f"{method}.json"
+
+
 def resolve_device(choice: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
     if choice == "cuda" and not torch.cuda.is_available():
