@@ -1,25 +1,32 @@
-"""Do the KD methods help, and is the gain real? One teacher, N seeds of every student, intervals.
+"""Do the KD methods help, is the gain real, and does each part of GKD-BMFI add to it (Table 3)?
+One teacher, N seeds of every student, intervals.
 
-    .venv/bin/python benchmarks/kd_claims.py                     # CPU scale (about 2 h on 2 cores)
+    .venv/bin/python benchmarks/kd_claims.py                     # CPU scale (about 3 h on 2 cores)
     .venv/bin/python benchmarks/kd_claims.py --profile gpu       # larger, for a GPU machine
-    .venv/bin/python benchmarks/kd_claims.py --seeds 2 --methods inherit_only gkd_bmfi   # a subset
+    .venv/bin/python benchmarks/kd_claims.py --rows gkd_bmfi:terms bmfi:terms   # a subset
     .venv/bin/python benchmarks/kd_claims.py --profile smoke --seeds 2  # a minute: checks the script
 
 Not part of `dvc repro` or CI. In ``--workdir`` (default ``.kd_claims/<profile>``, ignored by git)
 it writes its own params.yaml, synthesizes and curates the synthetic scenes, trains one
 ResNet-101 GFL teacher, then for each seed ``k`` (params ``seed: k``, so the student's initial
-weights and the data order change) trains the ResNet-18 baseline and distils every method under
-``distill.balance: auto`` (the embedded default's rule), through the pipeline's own stage
-scripts. Every model is evaluated on the same val images; finished steps are skipped when the
-script is run again, so a killed run resumes.
+weights and the data order change) trains the ResNet-18 baseline and distils every row through
+the pipeline's own stage scripts. A row is a KD method under a balance: ``<method>`` under
+``distill.balance.mode: auto`` (one factor per method, the authors' proportion inside it) or
+``<method>:terms`` under ``auto_terms`` (each term group its own share, ``--shares``; the
+Table-3 ablation rows ``gkd_bmfi:terms``, ``bmfi:terms``, ``gkd:terms``). Every model is
+evaluated on the same val images; finished steps are skipped when the script is run again, so a
+killed run resumes (the ablation rows of every seed first, then the comparison rows).
 
 The scale is chosen so that the premise of distillation holds: the teacher trains longer
 (``teacher_epochs``) and should lead the baseline by at least 5 mAP50 *and* the inherit-only
 control; the script prints whether it does. Val holds at least 200 images.
 
-Printed per method: mean mAP50 +- std over seeds, the mean gain over the baseline, over
+Printed per row: mean mAP50 +- std over seeds, the mean gain over the baseline, over
 inherit-only, over mimic and over FGD, each with its 95% interval (paired bootstrap over val
-images and seeds, :func:`pipeline.metrics.bootstrap.paired_gain`), and the training wall time.
+images and seeds, :func:`pipeline.metrics.bootstrap.paired_gain`), the KD-to-task gradient ratio
+of each term at the calibration and after the last epoch, and the training wall time; then
+GKD's own contribution (``gkd_bmfi:terms`` - ``bmfi:terms``) and BMFI's (``gkd_bmfi:terms`` -
+``gkd:terms``), each with its interval. Rows with fewer finished seeds are reported with those.
 """
 from __future__ import annotations
 
@@ -44,7 +51,10 @@ from pipeline.replicas import merge, prepare  # noqa: E402
 from stages import curate, distill, evaluate, synthesize, train  # noqa: E402
 
 DATASET, DETECTOR, STUDENT, TEACHER = "synthetic", "gfl", "resnet18", "teacher-resnet101"
-METHODS = ("inherit_only", "mimic", "fgd", "gkd_bmfi")
+#: The Table-3 rows under per-term balance (run first), then the comparison rows.
+ABLATION = ("gkd_bmfi:terms", "bmfi:terms", "gkd:terms")
+COMPARISON = ("mimic", "fgd", "gkd_bmfi")
+REFERENCES = ("baseline", "inherit_only", "mimic", "fgd")
 
 #: Overrides of params.yaml per profile. cpu: 600 scenes -> about 400 train / 200 val at 320x96;
 #: teacher 10 epochs, students 3 (measured rates on 2 cores: R101 2.6 img/s, R18 5.3, GKD-BMFI 2.9).
@@ -62,12 +72,27 @@ PROFILES = {
 }
 
 
-def profile_params(profile: str, seed: int, methods: tuple[str, ...]) -> dict:
+def split_row(row: str) -> tuple[str, str]:
+    """``"gkd_bmfi:terms"`` -> ``("gkd_bmfi", "auto_terms")``; ``"fgd"`` -> ``("fgd", "auto")``."""
+    method, _, balance = row.partition(":")
+    if balance not in ("", "terms"):
+        raise SystemExit(f"error: row {row!r}: write <method> (balance auto) or <method>:terms (auto_terms)")
+    return method, "auto_terms" if balance else "auto"
+
+
+def profile_params(profile: str, seed: int, methods: tuple[str, ...], balance: str = "auto",
+                   shares: dict[str, float] | None = None) -> dict:
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), PROFILES[profile])
+    mode = {"mode": balance, **({"shares": shares} if shares else {})}
     return merge(params, {"seed": seed, "datasets": [DATASET],
                           "model": {"detectors": [DETECTOR], "train": [TEACHER, f"baseline-{STUDENT}"]},
                           "distill": {"teacher": TEACHER, "students": [STUDENT], "methods": list(methods),
-                                      "gradmap_images": 0, "balance": {"mode": "auto"}, "extra_seeds": []}})
+                                      "gradmap_images": 0, "balance": mode, "extra_seeds": []}})
+
+
+def row_folder(root: Path, seed: int, row: str) -> Path:
+    """Where a row's seed is trained: ``seed<k>/`` (balance auto), ``seed<k>/terms/`` (auto_terms)."""
+    return root / f"seed{seed}" / ("terms" if split_row(row)[1] == "auto_terms" else "")
 
 
 def step(folder: Path, done: Path, what: str, run) -> float:
@@ -82,22 +107,41 @@ def step(folder: Path, done: Path, what: str, run) -> float:
     return took
 
 
+def parse_shares(text: str) -> dict[str, float]:
+    """``"gkd=0.5,bmfi=0.5"`` -> ``{"gkd": 0.5, "bmfi": 0.5}``."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    return {k.strip(): float(v) for k, v in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--rows", nargs="+", default=[*ABLATION, *COMPARISON],
+                        help="<method> (balance auto) or <method>:terms (auto_terms); inherit_only always runs")
+    parser.add_argument("--shares", type=parse_shares, default=None,
+                        help="auto_terms shares, e.g. gkd=0.5,bmfi=0.5 (default: params.yaml's)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--report-only", action="store_true", help="print the table of what is finished")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = (args.workdir or REPO / ".kd_claims" / args.profile).resolve()
-    methods = tuple(dict.fromkeys(["inherit_only", *args.methods]))
+    rows = tuple(dict.fromkeys(["inherit_only", *args.rows]))
+    for row in rows:
+        split_row(row)
     start = time.perf_counter()
     walls: dict[str, list[float]] = {}
+    if not args.report_only:
+        run_all(root, args, rows, walls)
+    report(root, args.seeds, rows, walls, args.resamples, time.perf_counter() - start)
 
-    prepare(root, profile_params(args.profile, 0, methods), [])
+
+def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: dict[str, list[float]]) -> None:
+    """Train and evaluate the teacher, then every seed's baseline and rows (resumable)."""
+    by_balance = {b: tuple(m for m, bb in map(split_row, rows) if bb == b) for b in ("auto", "auto_terms")}
+    prepare(root, profile_params(args.profile, 0, by_balance["auto"]), [])
     print(f"kd_claims ({args.profile}) in {root}", flush=True)
     step(root, root / "data" / "raw" / DATASET, "synthesize", lambda: synthesize.main([]))
     step(root, root / curated_path(DATASET, "val"), "curate", lambda: curate.main([DATASET]))
@@ -105,63 +149,114 @@ def main() -> None:
     walls["teacher"] = [step(root, root / teacher.model_path, "teacher", lambda: train.main([DATASET, DETECTOR, TEACHER]))]
     step(root, root / teacher.metrics_path, "evaluate teacher", lambda: evaluate.main([DATASET, DETECTOR, TEACHER]))
 
-    for seed in range(args.seeds):
-        folder = root / f"seed{seed}"
-        with working_dir(root):
-            prepare(Path(folder.name), profile_params(args.profile, seed, methods), [Path("data"), teacher.model_path])
-        print(f"seed {seed}", flush=True)
-        models = [f"baseline-{STUDENT}", *(f"{m}-{STUDENT}" for m in methods)]
-        for model in models:
-            run = RunId(DATASET, DETECTOR, model)
-            if model.startswith("baseline"):
-                fn = (lambda: train.main([DATASET, DETECTOR, model]))
-            else:
-                fn = (lambda: distill.main([DATASET, DETECTOR, STUDENT, run.role]))
-            walls.setdefault(run.role, []).append(step(folder, folder / run.model_path, model, fn))
-            step(folder, folder / run.metrics_path, f"evaluate {model}", lambda: evaluate.main([DATASET, DETECTOR, model]))
+    first = [r for r in rows if r in ("inherit_only", *ABLATION)]
+    for batch in (first, [r for r in rows if r not in first]):
+        for seed in range(args.seeds):
+            for row in (["baseline"] if batch is first else []) + batch:
+                method, balance = ("baseline", "auto") if row == "baseline" else split_row(row)
+                folder = row_folder(root, seed, row)
+                with working_dir(root):
+                    prepare(folder.relative_to(root), profile_params(args.profile, seed, by_balance[balance] or
+                                                                     ("inherit_only",), balance, args.shares),
+                            [Path("data"), teacher.model_path])
+                model = f"{method}-{STUDENT}"
+                run = RunId(DATASET, DETECTOR, model)
+                fn = ((lambda: train.main([DATASET, DETECTOR, model])) if method == "baseline"
+                      else (lambda: distill.main([DATASET, DETECTOR, STUDENT, method])))
+                walls.setdefault(row, []).append(step(folder, folder / run.model_path, f"seed {seed} {row}", fn))
+                step(folder, folder / run.metrics_path, f"seed {seed} evaluate {row}",
+                     lambda: evaluate.main([DATASET, DETECTOR, model]))
 
-    report(root, args.seeds, methods, walls, args.resamples, time.perf_counter() - start)
+
+def finished_seeds(root: Path, seeds: int, row: str) -> list[Path]:
+    """The folders of the seeds of ``row`` whose evaluation is written."""
+    method = "baseline" if row == "baseline" else split_row(row)[0]
+    run = RunId(DATASET, DETECTOR, f"{method}-{STUDENT}")
+    folders = [row_folder(root, k, row) for k in range(seeds)] if row != "baseline" else \
+        [root / f"seed{k}" for k in range(seeds)]
+    return [f for f in folders if (f / run.detections_path).is_file() and (f / run.metrics_path).is_file()]
 
 
-def report(root: Path, seeds: int, methods: tuple[str, ...], walls: dict[str, list[float]], resamples: int,
+def term_ratios(folder: Path, row: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-term KD/task gradient ratios of ``row`` in ``folder``: at the calibration and after the
+    last epoch (logs/kd_balance)."""
+    method = split_row(row)[0]
+    log = folder / "logs" / "kd_balance" / DATASET / DETECTOR / f"{method}-{STUDENT}.json"
+    if not log.is_file():
+        return {}, {}
+    epochs = json.loads(log.read_text())
+
+    def terms(record: dict) -> dict[str, float]:
+        return {k.removeprefix("ratio_kd_").removeprefix(f"{method}_"): v for k, v in record.items()
+                if k.startswith("ratio_kd_")}
+    return terms(epochs[0]), terms(epochs[-1])
+
+
+def report(root: Path, seeds: int, rows: tuple[str, ...], walls: dict[str, list[float]], resamples: int,
            total: float) -> None:
     val = load_curated(root / curated_path(DATASET, "val"))
-    folders = [root / f"seed{k}" for k in range(seeds)]
+    done = {row: finished_seeds(root, seeds, row) for row in ("baseline", *rows)}
+    done = {row: folders for row, folders in done.items() if folders}
 
-    def matches(role: str) -> list:
-        run = RunId(DATASET, DETECTOR, f"{role}-{STUDENT}")
-        return [image_matches(val, load_detections(f / run.detections_path)) for f in folders]
+    def model_of(row: str) -> str:
+        return f"{'baseline' if row == 'baseline' else split_row(row)[0]}-{STUDENT}"
 
     def map50(folder: Path, model: str) -> float:
         return float(json.loads((folder / RunId(DATASET, DETECTOR, model).metrics_path).read_text())["mAP50"])
 
+    m = {row: [image_matches(val, load_detections(f / RunId(DATASET, DETECTOR, model_of(row)).detections_path))
+               for f in folders] for row, folders in done.items()}
+    per = {row: [map50(f, model_of(row)) for f in folders] for row, folders in done.items()}
     teacher = map50(root, TEACHER)
-    per = {role: [map50(f, f"{role}-{STUDENT}") for f in folders] for role in ("baseline", *methods)}
-    m = {role: matches(role) for role in ("baseline", *methods)}
-    base, control = np.mean(per["baseline"]), np.mean(per["inherit_only"])
-    print(f"\nval images: {len(val['images'])}; seeds: {seeds}; teacher R101 mAP50 {teacher:.2f}; "
-          f"teacher - baseline {teacher - base:+.2f}; teacher - inherit-only {teacher - control:+.2f}")
-    premise = bool(teacher - base >= 5 and teacher > control)
-    print("premise (teacher >= baseline + 5 and > inherit-only): " + ("holds" if premise else "DOES NOT HOLD"))
-    refs = [r for r in ("baseline", "inherit_only", "mimic", "fgd") if r in m]
-    head = " | ".join(f"vs {r}" for r in refs)
-    print(f"\n| method | mAP50 mean +- std | {head} | train wall (s, mean) |")
-    print("| --- | ---: |" + " ---: |" * len(refs) + " ---: |")
-    results = {"teacher": teacher, "premise": premise, "val_images": len(val["images"]), "seeds": seeds, "rows": {}}
-    for role in ("baseline", *methods):
-        values = np.array(per[role])
-        cells, row = [], {"mAP50": values.tolist()}
+    results = {"teacher": teacher, "val_images": len(val["images"]), "seeds": seeds, "rows": {}}
+    if "baseline" in per and "inherit_only" in per:
+        base, control = np.mean(per["baseline"]), np.mean(per["inherit_only"])
+        premise = bool(teacher - base >= 5 and teacher > control)
+        results["premise"] = premise
+        print(f"\nval images: {len(val['images'])}; seeds: {seeds}; teacher R101 mAP50 {teacher:.2f}; "
+              f"teacher - baseline {teacher - base:+.2f}; teacher - inherit-only {teacher - control:+.2f}")
+        print("premise (teacher >= baseline + 5 and > inherit-only): " + ("holds" if premise else "DOES NOT HOLD"))
+
+    def gain(row: str, ref: str):
+        k = min(len(m[row]), len(m[ref]))
+        return paired_gain(m[row][:k], m[ref][:k], resamples=resamples)
+
+    refs = [r for r in REFERENCES if r in m]
+    print(f"\n| row | seeds | mAP50 mean +- std | " + " | ".join(f"vs {r}" for r in refs)
+          + " | KD/task per term: calibration -> last epoch | train wall (s, mean) |")
+    print("| --- | ---: | ---: |" + " ---: |" * len(refs) + " --- | ---: |")
+    for row in ("baseline", *rows):
+        if row not in per:
+            print(f"| {row} | 0 | not run yet |" + " |" * (len(refs) + 2))
+            continue
+        values = np.array(per[row])
+        record = {"mAP50": values.tolist()}
+        cells = []
         for ref in refs:
-            if ref == role:
+            if ref == row:
                 cells.append("-")
                 continue
-            gain = paired_gain(m[role], m[ref], resamples=resamples)
-            row[f"vs_{ref}"] = gain.as_dict()
-            cells.append(str(gain))
-        wall = np.mean([w for w in walls.get(role, []) if w > 0] or [float("nan")])
-        results["rows"][role] = row
-        print(f"| {role} | {values.mean():.2f} +- {values.std(ddof=1) if len(values) > 1 else 0:.2f} | "
-              + " | ".join(cells) + f" | {wall:.0f} |")
+            g = gain(row, ref)
+            record[f"vs_{ref}"] = g.as_dict()
+            cells.append(str(g))
+        ratios = "-"
+        if row != "baseline":
+            calib, last = term_ratios(done[row][-1], row)
+            record["term_ratios"] = {"calibration": calib, "last_epoch": last}
+            ratios = ", ".join(f"{k} {v:.2g} -> {last.get(k, float('nan')):.2g}" for k, v in calib.items()) or "-"
+        wall = np.mean([w for w in walls.get(row, []) if w > 0] or [float("nan")])
+        results["rows"][row] = record
+        print(f"| {row} | {len(values)} | {values.mean():.2f} +- {values.std(ddof=1) if len(values) > 1 else 0:.2f} | "
+              + " | ".join(cells) + f" | {ratios} | {wall:.0f} |")
+    contributions = {"GKD (gkd_bmfi:terms - bmfi:terms)": ("gkd_bmfi:terms", "bmfi:terms"),
+                     "BMFI (gkd_bmfi:terms - gkd:terms)": ("gkd_bmfi:terms", "gkd:terms"),
+                     "per-term vs method-level balance (gkd_bmfi:terms - gkd_bmfi)": ("gkd_bmfi:terms", "gkd_bmfi")}
+    print()
+    for label, (row, ref) in contributions.items():
+        if row in m and ref in m:
+            g = gain(row, ref)
+            results.setdefault("contributions", {})[label] = g.as_dict()
+            print(f"{label}: {g}" + ("" if g.excludes_zero() else " (interval includes 0)"))
     print(f"\nintervals: 95%, paired bootstrap over val images and seeds ({resamples} resamples); "
           f"total wall {total / 60:.1f} min")
     (root / "claims.json").write_text(json.dumps(results, indent=2))

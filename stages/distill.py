@@ -26,11 +26,11 @@ import torch
 
 from pipeline.config import Params, load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
-from pipeline.distill.balance import calibrate, calibration_batches, epoch_figures
+from pipeline.distill.balance import calibrate, calibration_batches, describe, epoch_figures
 from pipeline.distill.distiller import Distiller, load_teacher
 from pipeline.distill.gradmaps import gradmap_batch, maps_of, render
 from pipeline.distill.inherit import inherit_neck_and_head
-from pipeline.distill.methods import build_method, check_method, paper_overrides
+from pipeline.distill.methods import build_method, check_method, method_settings, paper_overrides
 from pipeline.engine import distributed
 from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.engine.recipe import loop_config, role_epochs, training_set, weights_fingerprint
@@ -51,9 +51,13 @@ def balance_log_path(run: RunId) -> Path:
 
 
 def balance_rows(balance: dict, history: list[dict]) -> list[dict]:
-    """The KD-to-task gradient ratio at the calibration (epoch 0) and after each epoch."""
-    rows = [{"epoch": 0, "kd_task_grad_ratio": balance["ratio"]}]
-    rows += [{"epoch": h["epoch"], "kd_task_grad_ratio": h["kd_task_grad_ratio"]}
+    """The KD-to-task gradient ratio at the calibration (epoch 0) and after each epoch, in all
+    and per term (``ratio_<term>``) and term group (``ratio_group_<group>``, ``auto_terms``)."""
+    rows = [{"epoch": 0, "kd_task_grad_ratio": balance["ratio"],
+             **{f"ratio_{k}": v for k, v in balance.get("term_ratios", {}).items()},
+             **{f"ratio_group_{k}": v for k, v in (balance.get("group_ratios") or {}).items()}}]
+    rows += [{"epoch": h["epoch"], "kd_task_grad_ratio": h["kd_task_grad_ratio"],
+              **{k: v for k, v in h.items() if k.startswith("ratio_")}}
              for h in history if "kd_task_grad_ratio" in h]
     return rows
 
@@ -112,15 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     balance = calibrate(distiller, batches, device, d.balance)
     balance["paper_params"] = {"distill": paper_overrides(args.method, run.detector, method, d, run.dataset)}
     if env.is_main and method.WEIGHTS:
-        print(f"{run}: KD weights {balance['mode']}: x{balance['factor']:.4g} -> {balance['weights']} "
-              f"(KD/task gradient ratio {balance['ratio_before']:.4g} -> {balance['ratio']:.4g})")
+        print(f"{run}: {describe(balance)}")
 
     def epoch_metrics(epoch: int) -> dict[str, float]:
         return epoch_figures(distiller, batches, device, balance)
 
-    key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images],
-                              d.model_dump(mode="json", exclude={"methods", "students", "gradmap_images",
-                                                                 "extra_seeds"}),
+    key = weights_fingerprint(run, arch, cfg, params, data,
+                              method_settings(args.method, run.detector, d, run.dataset),
                               file_sha256(teacher_run.model_path))
     start = time.perf_counter()
     with distiller:

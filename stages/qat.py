@@ -24,11 +24,11 @@ import dataclasses
 import time
 
 
-from pipeline.config import load_params
+from pipeline.config import Params, load_params
 from pipeline.data.dataset import CuratedDataset, collate, load_curated, spread_indices
-from pipeline.distill.balance import calibrate, calibration_batches, epoch_figures
+from pipeline.distill.balance import calibrate, calibration_batches, describe, epoch_figures
 from pipeline.distill.distiller import Distiller, load_teacher
-from pipeline.distill.methods import build_method, check_method
+from pipeline.distill.methods import METHODS, build_method, method_settings
 from pipeline.engine.checkpoint import Arch
 from pipeline.engine.recipe import loop_config, training_set, weights_fingerprint
 from pipeline.engine.runs import QATRun, RunId, curated_path, load_trained, resolve_device
@@ -38,6 +38,21 @@ from pipeline.io import file_sha256
 from pipeline.quant.qat import calibrate_activations, prepare_qat, save_qat_model
 
 CALIBRATION_BATCH = 8
+
+
+def check_qat_run(params: Params, model: str, method: str, source: str) -> None:
+    """One line when ``model``/``method`` is no QAT run of the params file ``source``."""
+    if method != "none" and method not in METHODS:
+        raise UserError(f"{source}: qat.methods names {method!r}, which is no method; use none (plain QAT) or a "
+                        f"KD method: {', '.join(METHODS)}")
+    if method not in params.qat.methods:
+        raise UserError(f"{source}: qat.methods {list(params.qat.methods)} does not list {method!r}")
+    if model not in params.qat.models:
+        raise UserError(f"{source}: qat.models {list(params.qat.models)} does not list {model!r}")
+    if model not in params.deploy.models or "int8" not in params.deploy.precisions:
+        raise UserError(f"{source}: qat.models names {model!r}, but QAT is compared with its post-training "
+                        f"int8 export: add it to deploy.models {list(params.deploy.models)} and keep 'int8' in "
+                        "deploy.precisions")
 
 
 @exit_on_user_error
@@ -51,14 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    if args.method != "none":
-        check_method(args.method)
-    if args.model not in params.qat.models:
-        raise UserError(f"params.yaml: qat.models {list(params.qat.models)} does not list {args.model!r}")
-    if args.model not in params.deploy.models or "int8" not in params.deploy.precisions:
-        raise UserError(f"params.yaml: qat.models names {args.model!r}, but QAT is compared with its post-training "
-                        f"int8 export: add it to deploy.models {list(params.deploy.models)} and keep 'int8' in "
-                        "deploy.precisions")
+    check_qat_run(params, args.model, args.method, args.params)
     parent = RunId(args.dataset, args.detector, args.model)
     run = QATRun(args.dataset, args.detector, args.model, args.method)
     device = resolve_device(params.train.device)
@@ -85,13 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         distiller = Distiller(model, teacher, method, d.student_grad).to(device)
         batches = calibration_batches(data, cfg.batch_size, d.balance.batches, cfg.seed)
         balance = calibrate(distiller, batches, device, d.balance)
-        print(f"{run}: KD weights {balance['mode']}: x{balance['factor']:.4g} -> {balance['weights']} "
-              f"(KD/task gradient ratio {balance['ratio_before']:.4g} -> {balance['ratio']:.4g})")
-        extra_key = {"distill": d.model_dump(mode="json", include={"teacher", "student_grad", "gkd", "balance",
-                                                                   "baselines"}),
+        print(f"{run}: {describe(balance)}")
+        extra_key = {"distill": method_settings(args.method, run.detector, d, run.dataset),
                      "teacher_sha256": file_sha256(teacher_run.model_path)}
 
-    key = weights_fingerprint(run, arch, cfg, params, [img["id"] for img in data.images],
+    key = weights_fingerprint(run, arch, cfg, params, data,
                               {"parent_sha256": file_sha256(parent.model_path), "method": args.method,
                                "calibration": [plain.images[i]["id"] for i in chosen]}, extra_key)
     start = time.perf_counter()

@@ -143,3 +143,27 @@ def test_non_finite_gradient_values_are_counted_not_hidden():
     finite(torch.tensor([float("nan")]), tally)
     assert out.tolist() == [1.0, 0.0, 0.0, 0.0]
     assert tally.take() == 4 and tally.take() == 0
+
+
+@pytest.mark.parametrize("shares", [{"gkd": 0.5, "bmfi": 0.5}, {"gkd": 0.2, "bmfi": 0.8}])
+def test_auto_terms_sets_each_term_groups_ratio_to_its_share(models, batches, shares):
+    params = BalanceParams(mode="auto_terms", ratio=0.4, batches=2, shares=shares)
+    with _distiller(models, "gkd_bmfi") as distiller:
+        written = distiller.method.loss_weights()
+        record = calibrate(distiller, batches, torch.device("cpu"), params)
+        after = measure(distiller, batches, torch.device("cpu"))
+    for group, share in shares.items():
+        assert after.group_ratios()[group] == pytest.approx(0.4 * share, rel=0.05)
+        assert record["group_ratios"][group] == pytest.approx(0.4 * share, rel=0.05)
+    # each group moved by its own factor; alpha (attention inside BMFI) keeps the authors' proportion
+    assert record["weights"]["gkd_weight"] == pytest.approx(written["gkd_weight"] * record["group_factors"]["gkd"])
+    assert record["weights"]["beta"] == pytest.approx(written["beta"] * record["group_factors"]["bmfi"])
+    assert distiller.method.alpha == DistillParams().gkd.gfl.alpha
+
+
+@pytest.mark.parametrize("name", ["bmfi", "gkd", "mimic", "fgd"])
+def test_auto_terms_gives_a_one_group_method_the_whole_ratio(models, batches, name):
+    with _distiller(models, name) as distiller:
+        calibrate(distiller, batches, torch.device("cpu"), BalanceParams(mode="auto_terms", ratio=0.3, batches=2))
+        after = measure(distiller, batches, torch.device("cpu"))
+    assert after.ratio == pytest.approx(0.3, rel=0.05)

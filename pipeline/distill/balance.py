@@ -18,12 +18,21 @@ method (GKD's weight against BMFI's, FGD's four terms) stay the authors'; only t
 total strength against the task is set. The KD terms are linear in these weights, so one
 measurement gives the factor exactly.
 
+``mode: auto_terms`` balances each group of a method's terms on its own
+(:meth:`~pipeline.distill.base.KDMethod.term_groups`; GKD-BMFI: ``gkd`` through ``gkd_weight``,
+``bmfi`` through ``beta``): group ``k`` with share ``s_k`` (``distill.balance.shares``,
+renormalised over the groups the method has) gets its weights multiplied by
+``ratio * s_k * g_task / g_k``, ``g_k = mean_b || d sum_{t in k} L_t / dF ||_2``, so that
+afterwards ``g_k / g_task = ratio * s_k`` for every group. The authors' proportion between the
+groups no longer decides; the shares do. A method with one group is balanced as in ``auto``.
+
 The same measurement on the same batches after each epoch (:func:`measure`) is logged as
 ``kd_task_grad_ratio``, so drift of the balance during training is visible.
 Measuring never changes the student: its buffers (BatchNorm statistics) are restored.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +61,7 @@ class GradNorms:
     task: float
     kd: float
     terms: dict[str, float]
+    groups: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -59,7 +69,12 @@ class GradNorms:
         return self.kd / self.task if self.task > 0 else float("nan")
 
     def term_ratios(self) -> dict[str, float]:
+        """``g_t / g_task`` per named term."""
         return {name: value / self.task if self.task > 0 else float("nan") for name, value in self.terms.items()}
+
+    def group_ratios(self) -> dict[str, float]:
+        """``g_k / g_task`` per term group (``auto_terms``)."""
+        return {name: value / self.task if self.task > 0 else float("nan") for name, value in self.groups.items()}
 
 
 def feature_grad_norm(loss: Tensor, feats: list[Tensor]) -> float:
@@ -99,11 +114,18 @@ def calibration_batches(dataset, batch_size: int, count: int, seed: int) -> list
     return [collate([dataset[i] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
 
 
+def group_terms(method) -> dict[str, tuple[str, ...] | None]:
+    """The term names of each of ``method``'s balance groups (``None``: all its terms)."""
+    return {name: terms for name, (_, terms) in method.term_groups().items()}
+
+
 def measure(distiller, batches: list[Batch], device: torch.device) -> GradNorms:
     """:class:`GradNorms` of ``distiller``'s method on ``batches`` (student in training mode,
-    as in a step; nothing of the student or the distiller changes)."""
+    as in a step; nothing of the student or the distiller changes), per term and per term
+    group of the method (:meth:`~pipeline.distill.base.KDMethod.term_groups`)."""
     student = distiller.student
-    task_sum, kd_sum, term_sums = 0.0, 0.0, {}
+    groups = group_terms(distiller.method)
+    task_sum, kd_sum, term_sums, group_sums = 0.0, 0.0, {}, {}
     with preserved_state(student, distiller.method), distiller.measuring():
         student.train()
         for batch in batches:
@@ -116,8 +138,43 @@ def measure(distiller, batches: list[Batch], device: torch.device) -> GradNorms:
                 kd_sum += feature_grad_norm(sum(terms.values()), feats)
             for name, value in terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + feature_grad_norm(value, feats)
+            if len(groups) > 1:
+                for group, names in groups.items():
+                    members = [v for k, v in terms.items() if names is None or k in names]
+                    group_sums[group] = group_sums.get(group, 0.0) + (
+                        feature_grad_norm(sum(members), feats) if members else 0.0)
     n = len(batches)
-    return GradNorms(task_sum / n, kd_sum / n, {k: v / n for k, v in term_sums.items()})
+    return GradNorms(task_sum / n, kd_sum / n, {k: v / n for k, v in term_sums.items()},
+                     {k: v / n for k, v in group_sums.items()})
+
+
+def group_shares(method, shares: dict[str, float]) -> dict[str, float]:
+    """``distill.balance.shares`` of ``method``'s term groups, renormalised to sum to 1 over the
+    groups it has (an ablation with one group gets all of ``ratio``)."""
+    groups = list(method.term_groups())
+    missing = [g for g in groups if g not in shares]
+    if len(groups) > 1 and missing:
+        raise UserError(f"params.yaml: distill.balance.shares has no share for {', '.join(missing)} (the term "
+                        f"groups of {method.name}: {', '.join(groups)}); add them, e.g. {{{groups[0]}: 0.5, ...}}")
+    if len(groups) == 1:
+        return {groups[0]: 1.0}
+    total = sum(shares[g] for g in groups)
+    return {g: shares[g] / total for g in groups}
+
+
+def _balance_groups(method, before: GradNorms, params: BalanceParams) -> dict[str, float]:
+    """Scale each term group of ``method`` to its share of ``params.ratio``; returns the factors."""
+    shares = group_shares(method, params.shares)
+    factors = {}
+    for group, (weights, _) in method.term_groups().items():
+        ratio = before.group_ratios()[group]
+        if not (ratio > 0 and math.isfinite(ratio)):
+            raise UserError(f"distill.balance: the {group} terms of {method.name} give a gradient norm ratio of "
+                            f"{ratio} at the student's FPN outputs, so no weight reaches its share; use "
+                            "distill.balance.mode: auto or paper")
+        factors[group] = params.ratio * shares[group] / ratio
+        method.scale_weights(factors[group], weights)
+    return factors
 
 
 def calibrate(distiller, batches: list[Batch], device: torch.device, params: BalanceParams) -> dict:
@@ -134,17 +191,20 @@ def calibrate(distiller, batches: list[Batch], device: torch.device, params: Bal
     method = distiller.method
     before = measure(distiller, batches, device)
     weights_before = method.loss_weights()
-    factor = 1.0
-    if params.mode == "auto" and method.WEIGHTS:
+    factor, factors = 1.0, None
+    if params.mode in ("auto", "auto_terms") and method.WEIGHTS:
         if not (before.kd > 0 and math.isfinite(before.kd)):
             raise UserError(f"distill.balance: the {method.name} terms give a gradient norm of {before.kd} at the "
                             "student's FPN outputs, so no weight reaches the target ratio; check the method's "
                             "weights or use distill.balance.mode: paper")
-        factor = params.ratio / before.ratio
-        method.scale_weights(factor)
-    return {
+        if params.mode == "auto" or len(method.term_groups()) == 1:    # one group: auto_terms is auto
+            factor = params.ratio / before.ratio
+            method.scale_weights(factor)
+        else:
+            factors = _balance_groups(method, before, params)
+    record = {
         "mode": params.mode,
-        "target_ratio": params.ratio if params.mode == "auto" else None,
+        "target_ratio": params.ratio if params.mode != "paper" else None,
         "ratio_before": before.ratio,
         "factor": factor,
         "weights_before": weights_before,
@@ -154,6 +214,12 @@ def calibrate(distiller, batches: list[Batch], device: torch.device, params: Bal
         "task_grad_norm": before.task,
         "batches": len(batches),
     }
+    if factors is not None:      # each group moved by its own factor: measure the result
+        after = measure(distiller, batches, device)
+        record.update(factor=None, group_factors=factors, ratio=after.ratio, term_ratios=after.term_ratios(),
+                      group_ratios=after.group_ratios(),
+                      target_group_ratios={g: params.ratio * s for g, s in group_shares(method, params.shares).items()})
+    return record
 
 
 def epoch_figures(distiller, batches: list[Batch], device: torch.device, balance: dict) -> dict[str, float]:
@@ -167,4 +233,17 @@ def epoch_figures(distiller, batches: list[Batch], device: torch.device, balance
         norms = measure(distiller, batches, device)
         figures["kd_task_grad_ratio"] = norms.ratio
         figures.update({f"ratio_{k}": v for k, v in norms.term_ratios().items()})
+        figures.update({f"ratio_group_{k}": v for k, v in norms.group_ratios().items()})
     return figures
+
+
+def describe(balance: dict) -> str:
+    """One line for a :func:`calibrate` record: the mode, the factor(s), the weights and the
+    KD-to-task gradient ratio before and after (per term group under ``auto_terms``)."""
+    if balance.get("group_factors"):
+        factors = ", ".join(f"{g} x{f:.4g}" for g, f in balance["group_factors"].items())
+        groups = ", ".join(f"{g} {r:.4g}" for g, r in balance["group_ratios"].items())
+        return (f"KD weights {balance['mode']}: {factors} -> {balance['weights']} (KD/task gradient ratio "
+                f"{balance['ratio_before']:.4g} -> {balance['ratio']:.4g}; per group {groups})")
+    return (f"KD weights {balance['mode']}: x{balance['factor']:.4g} -> {balance['weights']} "
+            f"(KD/task gradient ratio {balance['ratio_before']:.4g} -> {balance['ratio']:.4g})")

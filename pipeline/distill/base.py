@@ -77,15 +77,22 @@ class KDMethod(nn.Module):
     #: gradient by ``k``. ``distill.balance: auto`` scales them (pipeline/distill/balance.py).
     WEIGHTS: tuple[str, ...] = ()
 
+    def term_groups(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]]:
+        """The groups of KD terms that ``distill.balance.mode: auto_terms`` balances each on its
+        own: ``{group name: (the weights scaling it, the names of its terms)}``; ``None`` for the
+        terms means all of them. Default: one group, the method (the same as ``auto``)."""
+        return {self.name: (self.WEIGHTS, None)}
+
     def loss_weights(self) -> dict[str, float]:
         """``{attribute: value}`` of the loss weights (:attr:`WEIGHTS`)."""
         return {name: float(getattr(self, name)) for name in self.WEIGHTS}
 
-    def scale_weights(self, factor: float) -> dict[str, float]:
-        """Multiply every loss weight by ``factor`` (> 0); returns the new weights."""
+    def scale_weights(self, factor: float, names: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Multiply the loss weights ``names`` (default: every one) by ``factor`` (> 0); returns
+        the new weights."""
         if not (factor > 0 and factor != float("inf")):
             raise ValueError(f"a KD weight factor must be finite and > 0, got {factor}")
-        for name in self.WEIGHTS:
+        for name in self.WEIGHTS if names is None else names:
             setattr(self, name, float(getattr(self, name)) * factor)
         return self.loss_weights()
 

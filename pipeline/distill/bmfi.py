@@ -173,6 +173,17 @@ class GKDBMFI(KDMethod):
         # alpha weighs a term inside L_BMFI (Eq. 9), so it is relative: beta scales it too
         self.WEIGHTS = tuple(w for w, on in (("gkd_weight", gkd), ("beta", mask or mfi)) if on)
 
+    def term_groups(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]]:
+        """``gkd``: ``L_GKD`` through ``gkd_weight``; ``bmfi``: ``L_BMFI``'s imitation and
+        attention terms through ``beta`` (``alpha`` stays their proportion, Eq. 9). Only the groups
+        this ablation has."""
+        groups: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {}
+        if self.use_gkd:
+            groups["gkd"] = (("gkd_weight",), (f"kd_{self.name}_gkd",))
+        if self.use_mask or self.use_mfi:
+            groups["bmfi"] = (("beta",), (f"kd_{self.name}_imitation", f"kd_{self.name}_attention"))
+        return groups
+
     def forward(self, student_feats: list[Tensor], teacher_feats: list[Tensor], batch: Batch,
                 context: KDContext) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}

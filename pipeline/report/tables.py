@@ -78,7 +78,8 @@ def _row(metrics_dir: Path, model: str, role: str, backbone: str, baseline: dict
            "voc_mAP50": None if m is None else float(m["voc_mAP50"]),
            "params_M": None if m is None else m.get("params_M"),
            "kd_weights": balance.get("weights") or None, "kd_balance": balance.get("mode"),
-           "kd_factor": balance.get("factor")}
+           "kd_factor": balance.get("factor"), "kd_group_factors": balance.get("group_factors"),
+           "kd_term_ratios": balance.get("term_ratios") or None}
     for key in ("mAP50", "voc_mAP50"):
         gain = None
         if baseline is not None and row[key] is not None and baseline.get(key) is not None and role != "baseline":
@@ -143,7 +144,17 @@ def _fmt_weights(row: dict[str, Any]) -> str:
     if not row.get("kd_weights"):
         return "-"
     weights = ", ".join(f"{k} {v:.3g}" for k, v in row["kd_weights"].items())
-    return f"{row['kd_balance']} x{row['kd_factor']:.3g}: {weights}"
+    factors = (", ".join(f"{g} x{f:.3g}" for g, f in row["kd_group_factors"].items())
+               if row.get("kd_group_factors") else f"x{row['kd_factor']:.3g}")
+    ratios = row.get("kd_term_ratios") or {}
+    per_term = "; KD/task per term " + ", ".join(f"{_term_label(k)} {v:.2g}" for k, v in ratios.items()) \
+        if len(ratios) > 1 else ""
+    return f"{row['kd_balance']} {factors}: {weights}{per_term}"
+
+
+def _term_label(name: str) -> str:
+    """``kd_gkd_bmfi_imitation`` -> ``imitation``: the term of a KD loss name."""
+    return name.rsplit("_", 1)[-1]
 
 
 def _verdict(ci: dict[str, float] | None, what: str) -> str | None:
