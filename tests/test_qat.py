@@ -10,7 +10,6 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.config import QATParams
 from pipeline.data.dataset import collate
 from pipeline.deploy.export_onnx import export_module, export_onnx
 from pipeline.deploy.precision import QUANTIZED_OPS, score_layers, to_int8
