@@ -7,9 +7,10 @@ prepended to the artifacts themselves (TensorRT plans stay pure)::
     model           dataset, detector, model, backbone, checkpoint path and sha256
     class_names     label index -> name
     input           images: shape [N|1, 3, H, W] float32 NCHW; image_sizes: [N, 2] float32 (h, w)
-    preprocessing   RGB uint8 -> keep-ratio resize into resize_wh (interpolation: half-pixel
-                    bilinear, no antialias, as cv2.INTER_LINEAR) -> (x - mean) / std -> pad_value
-                    0 at bottom/right to pad_hw; channel_order RGB; normalize_in_graph false
+    preprocessing   RGB uint8 -> keep-ratio resize into resize_wh (size floor(x * scale + 0.5),
+                    resize_examples in numbers; interpolation: half-pixel bilinear, no antialias, as
+                    cv2.INTER_LINEAR) -> (x - mean) / std -> pad_value 0 at bottom/right to pad_hw;
+                    channel_order RGB; normalize_in_graph false
     outputs         num_dets [N,1] int32, boxes [N,K,4] float32 x1,y1,x2,y2 input pixels,
                     scores [N,K] float32, labels [N,K] int32 (-1 = empty slot)
     nms             score/IoU thresholds, K, pre-NMS top-k, class-aware
@@ -20,7 +21,7 @@ prepended to the artifacts themselves (TensorRT plans stay pure)::
                     check, pipeline/deploy/trt_readiness.py), profile (engines), ...}
     tensorrt        {"skipped": why} or the build environment (version, GPU, compute capability)
 
-Pure python and json only: the runtime imports this module, and the runtime must not import torch.
+Pure python, numpy and json only: the runtime imports this module, and the runtime must not import torch.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.transforms import SIZE_RULE, resized_size
 from pipeline.errors import UserError
 from pipeline.io import file_sha256 as sha256  # noqa: F401  (re-exported: the manifest's file identity)
 
@@ -41,14 +43,32 @@ IDENTITY_KEYS = ("dataset", "detector", "model", "backbone")
 ENGINE_KEYS = ("precision", "sha256", "tensorrt_version", "gpu_name", "compute_capability")
 
 
+#: Camera frame sizes ``(w, h)`` of the manifest's worked resize examples (KITTI, 720p, 1080p).
+EXAMPLE_SIZES = ((1242, 375), (1280, 720), (1920, 1080))
+
+
+def resize_examples(width: int, height: int) -> list[dict[str, Any]]:
+    """Worked examples of :func:`pipeline.data.transforms.resized_size` into ``width x height``:
+    two sizes whose scaled width ends in exactly .5 (``2w - 1`` and ``2w - 3`` by ``2h``: one of
+    them rounds differently half to even) and :data:`EXAMPLE_SIZES`; ``in_wh``, ``out_wh`` and the
+    per-axis factors ``sx_sy`` = out / in."""
+    out = []
+    for w, h in ((2 * width - 1, 2 * height), (2 * width - 3, 2 * height), *EXAMPLE_SIZES):
+        if w < 1:
+            continue
+        new_w, new_h = resized_size(w, h, width, height)
+        out.append({"in_wh": [w, h], "out_wh": [new_w, new_h], "sx_sy": [new_w / w, new_h / h]})
+    return out
+
+
 def preprocessing_record(width: int, height: int, pad_hw: tuple[int, int], mean: tuple[float, ...],
                          std: tuple[float, ...], interpolation: str) -> dict[str, Any]:
     """The preprocessing contract (``params.input``), as training, evaluation and the runtime apply
     it, in numbers another implementation (C++, CUDA/NPP) can follow."""
     return {
         "color": "RGB", "channel_order": ["R", "G", "B"], "dtype": "uint8 HxWx3 in, float32 NCHW out",
-        "resize": "keep aspect ratio: scale = min(resize_w / w, resize_h / h); out size = round(w * scale), "
-                  "round(h * scale), at least 1",
+        "resize": f"keep aspect ratio into resize_wh: {SIZE_RULE}",
+        "resize_examples": resize_examples(width, height),
         "interpolation": interpolation,
         "resize_wh": [int(width), int(height)], "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         "normalize": "(x - mean) / std per channel, float32, after the resize",
