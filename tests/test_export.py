@@ -376,24 +376,63 @@ def test_failed_parity_gate_leaves_no_export(world, tmp_path, monkeypatch):
         return {k: Detections(d.boxes + 3.0, d.scores, d.labels) for k, d in real(*args, **kwargs).items()}
 
     monkeypatch.setattr(bundle, "predict_dataset", shifted)
+    reuse_shared_graph(monkeypatch)
+    with pytest.raises(UserError, match="parity gate failed") as info:
+        fp32_only_bundle(tmp_path, val, train)
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "exports").iterdir()) == []
+
+
+def reuse_shared_graph(monkeypatch) -> None:
+    """Make ``bundle.export_onnx`` copy the shared export's graph of the same weights instead of
+    exporting afresh (saves ~10 s)."""
     exported = export_folder() / "model.onnx"
 
     def reuse(model, path, input_hw, *args, **kwargs):
-        """The shared export's graph of the same weights instead of a fresh export (saves ~10 s)."""
         shutil.copyfile(exported, path)
         module = export_module(model, input_hw)
         return ExportInfo(17, 8, True, module.max_det, nms_settings(module), True, 0)
 
     monkeypatch.setattr(bundle, "export_onnx", reuse)
+
+
+def fp32_only_bundle(tmp_path: Path, val, train, **deploy) -> dict:
+    """``bundle.export_bundle`` of the tiny GFL model, fp32 only, into ``tmp_path/exports/m``."""
     identity = {"dataset": "tiny", "detector": "gfl", "model": "baseline-resnet18", "backbone": "resnet18"}
     checkpoint = tmp_path / "m.pt"
     checkpoint.write_bytes(b"weights")
-    with pytest.raises(UserError, match="parity gate failed") as info:
-        with atomic_dir(tmp_path / "exports" / "m") as folder:
-            bundle.export_bundle(tiny_model("gfl"), folder, tiny_params(precisions=["fp32"]), val, train,
-                                 identity, checkpoint)
+    with atomic_dir(tmp_path / "exports" / "m") as folder:
+        return bundle.export_bundle(tiny_model("gfl"), folder, tiny_params(precisions=["fp32"], **deploy), val,
+                                    train, identity, checkpoint)
+
+
+@pytest.mark.slow
+def test_export_stops_when_the_nms_gets_more_boxes_than_the_targets_limit(world, tmp_path, monkeypatch):
+    """deploy.tensorrt.nms_max_boxes (2000 on Jetson Nano/TX1/TX2) reaches the readiness check: a
+    graph whose NMS gets more boxes per image than the target takes is not ready and stops the export."""
+    train, val = world
+    reuse_shared_graph(monkeypatch)
+    count = sum(export_module(tiny_model("gfl"), INPUT.padded_shape).level_k)
+    with pytest.raises(UserError, match=rf"NonMaxSuppression gets {count} boxes per image; TensorRT's NMS layer "
+                                        rf"considers at most {count - 1} \(deploy.tensorrt.nms_max_boxes\)") as info:
+        fp32_only_bundle(tmp_path, val, train, tensorrt={"nms_max_boxes": count - 1})
     assert "\n" not in str(info.value)
-    assert list((tmp_path / "exports").iterdir()) == []
+    assert fp32_only_bundle(tmp_path, val, train, tensorrt={"nms_max_boxes": count})["artifacts"]["model.onnx"][
+        "tensorrt_readiness"]["ready"]
+
+
+@pytest.mark.slow
+def test_every_onnx_file_declares_static_output_shapes_of_max_detections():
+    """The outputs' second dimension is the 100 slots in the graph itself (it was symbolic,
+    ``Mulboxes_dim_1``: code preallocating from the graph saw -1); the batch stays N."""
+    folder = export_folder()
+    expected = {"num_dets": ["N", 1], "boxes": ["N", 100, 4], "scores": ["N", 100], "labels": ["N", 100]}
+    for path in sorted(folder.glob("*.onnx")):
+        graph = onnx.load(str(path)).graph
+        declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
+        assert declared == expected, path.name
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert {o.name: o.shape for o in session.get_outputs()} == expected, path.name
 
 
 def test_deploy_params_reject_a_precision_list_without_fp32():

@@ -109,7 +109,7 @@ def _check_and_build(folder: Path, artifacts: dict[str, dict[str, Any]], params:
     for name, entry in artifacts.items():
         entry["runtime"] = runtime_of(entry["precision"])
         if entry["precision"] in TENSORRT_PRECISIONS:     # meant for TensorRT: its parser's rules apply
-            entry["tensorrt_readiness"] = check_graph(folder / name)
+            entry["tensorrt_readiness"] = check_graph(folder / name, deploy.tensorrt.nms_max_boxes)
             require_ready(folder / name, entry["tensorrt_readiness"])
         entry["sha256"] = sha256(folder / name)
     trt = deploy.tensorrt
