@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -321,6 +322,10 @@ def test_parity_gate_names_what_failed_in_one_line():
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="10 of 1000 detections differ"):
         check_parity({**ok, "unexplained_unmatched": 10, "unexplained_fraction": 0.01}, tol, "tiny/gfl/m")
+    # a split of a few images (the camera sizes): the matching is gated, its mAP50 only recorded
+    check_parity({**ok, "mAP50_onnx": 50.3, "mAP50_abs_diff": 0.3}, tol, "tiny/gfl/m", map50=False)
+    with pytest.raises(UserError, match="10 of 1000 detections differ"):
+        check_parity({**ok, "unexplained_unmatched": 10, "unexplained_fraction": 0.01}, tol, "tiny/gfl/m", map50=False)
 
 
 # ----------------------------------------------------------------------------- the bundle / stage
@@ -404,6 +409,46 @@ def fp32_only_bundle(tmp_path: Path, val, train, **deploy) -> dict:
     with atomic_dir(tmp_path / "exports" / "m") as folder:
         return bundle.export_bundle(tiny_model("gfl"), folder, tiny_params(precisions=["fp32"], **deploy), val,
                                     train, identity, checkpoint)
+
+
+@pytest.mark.slow
+def test_parity_gate_also_runs_val_images_at_camera_sizes():
+    """Val images stretched to 1242x375, 1280x720 and 1920x1080 (scale factors that are not integers)
+    pass the same gate through PyTorch and ONNX Runtime, recorded in the manifest's parity."""
+    from pipeline.deploy.parity import CAMERA_IMAGES, CAMERA_SIZES
+
+    camera = read_manifest(export_folder())["parity"]["camera_sizes"]
+    assert [s["in_wh"] for s in camera["sizes"]] == [list(s) for s in sorted(CAMERA_SIZES)]
+    assert camera["images"] == len(CAMERA_SIZES) * CAMERA_IMAGES
+    for size in camera["sizes"]:
+        (w, h), (new_w, new_h) = size["in_wh"], size["out_wh"]
+        assert (new_w, new_h) == (math.floor(w * min(192 / w, 64 / h) + 0.5),
+                                  math.floor(h * min(192 / w, 64 / h) + 0.5))
+        assert size["sx_sy"] == [new_w / w, new_h / h] and all(1 / f != round(1 / f) for f in size["sx_sy"])
+    assert camera["detections_pytorch"] > 0 and camera["detections_onnx"] > 0
+    assert camera["unexplained_unmatched"] == 0 and camera["matched"] == camera["detections_pytorch"]
+    assert "mAP50_pytorch" in camera and "mAP50_onnx" in camera and "not gated" in camera["gated"]
+
+
+@pytest.mark.slow
+def test_a_disagreement_only_at_camera_sizes_fails_the_gate(world, tmp_path, monkeypatch):
+    from pipeline.deploy.parity import CAMERA_SPLIT
+
+    train, val = world
+    real = bundle.predict_dataset
+
+    def shifted_at_camera_sizes(model, dataset, *args, **kwargs):
+        found = real(model, dataset, *args, **kwargs)
+        if dataset.coco["info"]["split"] != CAMERA_SPLIT:
+            return found
+        return {k: Detections(d.boxes + 3.0, d.scores, d.labels) for k, d in found.items()}
+
+    monkeypatch.setattr(bundle, "predict_dataset", shifted_at_camera_sizes)
+    reuse_shared_graph(monkeypatch)
+    with pytest.raises(UserError, match=r"\(val images at camera sizes\): parity gate failed") as info:
+        fp32_only_bundle(tmp_path, val, train)
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "exports").iterdir()) == []
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from pipeline.data import transforms as T
 from pipeline.data.dataset import CuratedDataset, spread_indices
 from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx
 from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write_manifest
-from pipeline.deploy.parity import backend_detections, check_parity, parity_report
+from pipeline.deploy.parity import backend_detections, camera_record, camera_split, check_parity, parity_report
 from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
@@ -68,7 +68,8 @@ def _evaluate_onnx(path: Path, val: CuratedDataset, batch_size: int, threads: in
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         return {"skipped": f"onnxruntime CPU cannot run it: {first}"}, {}
     return {"backend": "onnxruntime", "providers": backend.providers, "split": "val", "num_images": len(val),
-            "qdq": "as written" if qdq_as_written else "fused by onnxruntime", **_metrics(val.coco, dets)}, dets
+            "qdq": "as written" if qdq_as_written else "fused by onnxruntime",
+            **_metrics(val.coco, dets)}, dets
 
 
 def _evaluate_int8(path: Path, val: CuratedDataset, batch_size: int) -> tuple[dict, dict]:
@@ -84,20 +85,33 @@ def _evaluate_int8(path: Path, val: CuratedDataset, batch_size: int) -> tuple[di
 
 def _parity_gate(model: Detector, path: Path, val: CuratedDataset, params: Params, info: ExportInfo,
                  identity: dict[str, Any], quantized: bool = False) -> tuple[dict, dict[str, Any], dict, dict[str, Any]]:
-    """PyTorch against ONNX Runtime (``path``) on the val split; raises :class:`UserError` when the
-    detections disagree beyond ``deploy.parity``. A ``quantized`` graph (QAT) runs with its Q/DQ
-    as written, the arithmetic of PyTorch's fake quantization (:func:`_evaluate_int8`), under
-    ``qat.parity``. Returns ``(torch detections, ORT evaluation,
-    ORT detections, parity report)``."""
+    """PyTorch against ONNX Runtime (``path``) on the val split and on val images stretched to
+    camera sizes (:func:`pipeline.deploy.parity.camera_split`: scale factors that are not
+    integers); raises :class:`UserError` when the detections of either disagree beyond
+    ``deploy.parity`` (on the camera sizes: the per-detection matching). A ``quantized`` graph
+    (QAT) runs with its Q/DQ as written, the arithmetic of PyTorch's fake quantization
+    (:func:`_evaluate_int8`), under ``qat.parity``. Returns ``(torch detections, ORT evaluation,
+    ORT detections, parity report)`` of val; the report holds the camera sizes' as ``camera_sizes``."""
     batch_size = eval_batch(params)
+    section, tol = ("qat.parity", params.qat.parity) if quantized else ("deploy.parity", params.deploy.parity)
+    where = f"{identity['dataset']}/{identity['detector']}/{identity['model']}"
     torch_dets = predict_dataset(model, val, torch.device("cpu"), batch_size, progress=False)
     onnx_eval, onnx_dets = (_evaluate_int8(path, val, batch_size) if quantized
                             else _evaluate_onnx(path, val, batch_size, None))
     if "skipped" in onnx_eval:
         raise UserError(f"{path}: {onnx_eval['skipped']}")
-    section, tol = ("qat.parity", params.qat.parity) if quantized else ("deploy.parity", params.deploy.parity)
     report = parity_report(val.coco, torch_dets, onnx_dets, tol, info.nms["score_thr"], info.max_detections)
-    check_parity(report, tol, f"{identity['dataset']}/{identity['detector']}/{identity['model']}", section)
+    check_parity(report, tol, where, section)
+    with tempfile.TemporaryDirectory(prefix="parity-camera-") as tmp:
+        camera = camera_split(val, Path(tmp))
+        camera_torch = predict_dataset(model, camera, torch.device("cpu"), batch_size, progress=False)
+        camera_eval, camera_onnx = _evaluate_onnx(path, camera, batch_size, None, qdq_as_written=quantized)
+        if "skipped" in camera_eval:
+            raise UserError(f"{path}: {camera_eval['skipped']}")
+        camera_report = {**camera_record(camera), **parity_report(camera.coco, camera_torch, camera_onnx, tol,
+                                                                   info.nms["score_thr"], info.max_detections)}
+    check_parity(camera_report, tol, f"{where} (val images at camera sizes)", section, map50=False)
+    report["camera_sizes"] = camera_report
     return torch_dets, onnx_eval, onnx_dets, report
 
 
