@@ -472,12 +472,93 @@ def test_every_onnx_file_declares_static_output_shapes_of_max_detections():
     ``Mulboxes_dim_1``: code preallocating from the graph saw -1); the batch stays N."""
     folder = export_folder()
     expected = {"num_dets": ["N", 1], "boxes": ["N", 100, 4], "scores": ["N", 100], "labels": ["N", 100]}
+    assert read_manifest(folder)["conventions"]["output_shapes"] == expected
     for path in sorted(folder.glob("*.onnx")):
         graph = onnx.load(str(path)).graph
         declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
         assert declared == expected, path.name
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert {o.name: o.shape for o in session.get_outputs()} == expected, path.name
+
+
+@pytest.mark.slow
+def test_manifest_conventions_state_what_a_consumer_needs(world):
+    """Box mapping with per-axis factors, class names by index, what a score is and the int8
+    arithmetic behind every recorded mAP50, each re-run from what the manifest says."""
+    from pipeline.deploy.parity import backend_detections
+    from pipeline.metrics import evaluate_detections
+
+    _, val = world
+    folder = export_folder()
+    manifest = read_manifest(folder)
+    conv = manifest["conventions"]
+    assert "x_orig = x / sx, y_orig = y / sy" in conv["boxes_to_original"]
+    assert "sx = resized_w / orig_w and sy = resized_h / orig_h" in conv["boxes_to_original"]
+    example = conv["boxes_to_original_example"]
+    assert example["resized_wh"] == [192, 58]                  # 375 * 192 / 1242 = 57.97; 1242 * 64 / 375 > 192
+    assert example["sx_sy"] == [192 / 1242, 58 / 375]
+    assert example["box_orig"] == [b / f for b, f in zip(example["box"], example["sx_sy"] * 2)]
+    assert conv["class_names_by_index"] == {"0": "Car", "1": "Pedestrian", "2": "Cyclist"}
+    assert "-1" in conv["labels"] and "class_names" in conv["labels"]
+    assert "sigmoid" in conv["scores"] and "quality" in conv["scores"] and "NMS" in conv["scores"]
+
+    records = {r["where"]: r for r in conv["mAP50_arithmetic"]}
+    evals = {name: e["eval"] for name, e in manifest["artifacts"].items()}
+    assert set(records) == {f"artifacts.{name}.eval.mAP50" for name in evals} | {
+        "artifacts.model-int8.onnx.eval.onnxruntime_fused_mAP50"}
+    written = records["artifacts.model-int8.onnx.eval.mAP50"]
+    fused = records["artifacts.model-int8.onnx.eval.onnxruntime_fused_mAP50"]
+    assert written["session_config"] == {"session.disable_quant_qdq": "1"} and "as written" in written["arithmetic"]
+    assert fused["session_config"] == {} and "fused" in fused["arithmetic"]
+    assert records["artifacts.model-int8-cpu.onnx.eval.mAP50"]["session_config"] == {}
+
+    class Session:
+        """ONNX Runtime as the record states it, nothing of the project's runtime."""
+
+        def __init__(self, path: Path, config: dict[str, str]) -> None:
+            options = ort.SessionOptions()
+            for key, value in config.items():
+                options.add_session_config_entry(key, value)
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def run(self, images, sizes):
+            return self.session.run(None, {"images": images, "image_sizes": sizes})
+
+    for record in (written, fused, records["artifacts.model-int8-cpu.onnx.eval.mAP50"]):
+        name = record["where"].split(".eval.")[0].removeprefix("artifacts.")
+        dets = backend_detections(Session(folder / name, record["session_config"]), val, 4)
+        assert evaluate_detections(val.coco, dets)["mAP50"] == record["value"], record["where"]
+        assert record["value"] == evals[name][record["where"].split(".eval.")[1]]
+    # the untrained model scores 0 either way; its raw scores show the two arithmetics differ
+    images = np.stack([val[i].image for i in range(len(val))])
+    sizes = np.array([val[i].image_size for i in range(len(val))], np.float32)
+    as_written, default = (Session(folder / "model-int8.onnx", r["session_config"]).run(images, sizes)[2]
+                           for r in (written, fused))
+    assert np.abs(as_written - default).max() > 1e-4
+
+
+def test_every_recorded_map50_names_the_session_options_and_arithmetic_behind_it():
+    from pipeline.deploy.manifest import map50_records
+
+    artifacts = {
+        "model.onnx": {"kind": "onnx", "precision": "fp32", "eval": {"mAP50": 11.0, "qdq": "fused by onnxruntime",
+                                                                     "providers": ["CPUExecutionProvider"]}},
+        "model-int8.onnx": {"kind": "onnx", "precision": "int8",
+                            "eval": {"mAP50": 10.8634, "qdq": "as written", "onnxruntime_fused_mAP50": 10.7954,
+                                     "providers": ["CPUExecutionProvider"]}},
+        "model-int8-cpu.onnx": {"kind": "onnx", "precision": "int8_cpu", "eval": {"mAP50": 10.5, "qdq": "fused by "
+                                                                                  "onnxruntime"}},
+        "model-fp16.onnx": {"kind": "onnx", "precision": "fp16", "eval": {"skipped": "no kernel"}},
+        "model-fp32.engine": {"kind": "engine", "precision": "fp32"},
+    }
+    got = {r["where"]: (r["value"], r["session_config"], r["arithmetic"].split(":")[0]) for r in map50_records(artifacts)}
+    assert got == {
+        "artifacts.model.onnx.eval.mAP50": (11.0, {}, "fp32 as in the graph (ONNX Runtime CPU)"),
+        "artifacts.model-int8.onnx.eval.mAP50": (10.8634, {"session.disable_quant_qdq": "1"}, "int8 Q/DQ as written"),
+        "artifacts.model-int8.onnx.eval.onnxruntime_fused_mAP50": (10.7954, {}, "int8 fused by ONNX Runtime's default "
+                                                                                 "session"),
+        "artifacts.model-int8-cpu.onnx.eval.mAP50": (10.5, {}, "int8 fused by ONNX Runtime's default session"),
+    }
 
 
 def test_deploy_params_reject_a_precision_list_without_fp32():

@@ -20,8 +20,8 @@ import torch
 from pipeline.config import Params
 from pipeline.data import transforms as T
 from pipeline.data.dataset import CuratedDataset, spread_indices
-from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx
-from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write_manifest
+from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx, output_shapes
+from pipeline.deploy.manifest import FORMAT, conventions_record, preprocessing_record, sha256, write_manifest
 from pipeline.deploy.parity import backend_detections, camera_record, camera_split, check_parity, parity_report
 from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
@@ -69,6 +69,7 @@ def _evaluate_onnx(path: Path, val: CuratedDataset, batch_size: int, threads: in
         return {"skipped": f"onnxruntime CPU cannot run it: {first}"}, {}
     return {"backend": "onnxruntime", "providers": backend.providers, "split": "val", "num_images": len(val),
             "qdq": "as written" if qdq_as_written else "fused by onnxruntime",
+            "session_config": {"session.disable_quant_qdq": "1"} if qdq_as_written else {},
             **_metrics(val.coco, dets)}, dets
 
 
@@ -142,7 +143,7 @@ def _check_and_build(folder: Path, artifacts: dict[str, dict[str, Any]], params:
 def manifest_record(params: Params, val: CuratedDataset, identity: dict[str, Any], checkpoint: Path,
                     info: ExportInfo, torch_dets: dict, report: dict[str, Any], artifacts: dict[str, dict[str, Any]],
                     tensorrt: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of an export folder (format documented in DEPLOY.md and the README)."""
+    """The manifest of an export folder (format in :mod:`pipeline.deploy.manifest` and the README)."""
     deploy, inp = params.deploy, params.input
     h, w = inp.padded_shape
     return {
@@ -166,6 +167,9 @@ def manifest_record(params: Params, val: CuratedDataset, identity: dict[str, Any
         "parity": report,
         "artifacts": artifacts,
         "tensorrt": tensorrt,
+        "conventions": conventions_record(identity["detector"], list(val.class_names),
+                                          output_shapes("N" if deploy.dynamic_batch else 1, info.max_detections),
+                                          (inp.width, inp.height), artifacts),
     }
 
 
