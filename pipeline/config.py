@@ -333,9 +333,15 @@ class TensorRTParams(Record):
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
     opt_batch: Annotated[int, Field(ge=1, le=256)] = 1
     workspace_mib: Annotated[int, Field(ge=64, le=65536)] = 2048
+    #: boxes per image the target's NMS layer takes (it drops the rest silently): 5000, or 2000 on
+    #: SM 5.3/6.2 boards (Jetson Nano, TX1, TX2); every TensorRT-targeted graph is held to it
+    nms_max_boxes: Annotated[int, Field(ge=1)] = 5000
 
     @model_validator(mode="after")
     def _opt_within_max(self) -> "TensorRTParams":
+        if self.nms_max_boxes > 5000:
+            raise FieldError("nms_max_boxes", f"= {self.nms_max_boxes} is more than TensorRT's NMS layer takes on any "
+                                              "GPU; set 5000, or 2000 for SM 5.3/6.2 (Jetson Nano/TX1/TX2)")
         if self.opt_batch > self.max_batch:
             raise FieldError("opt_batch", f"= {self.opt_batch} is larger than max_batch = {self.max_batch} (the "
                                           f"largest batch the engines accept); set opt_batch to at most "

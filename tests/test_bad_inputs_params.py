@@ -70,12 +70,15 @@ def test_qat_model_that_is_never_trained_is_refused_at_load():
     (lambda d: d["deploy"]["tensorrt"].update(opt_batch=16),
      "params.yaml: deploy.tensorrt.opt_batch = 16 is larger than max_batch = 8 (the largest batch the engines "
      "accept); set opt_batch to at most 8 or raise max_batch"),
+    (lambda d: d["deploy"]["tensorrt"].update(nms_max_boxes=6000),
+     "params.yaml: deploy.tensorrt.nms_max_boxes = 6000 is more than TensorRT's NMS layer takes on any GPU; set "
+     "5000, or 2000 for SM 5.3/6.2 (Jetson Nano/TX1/TX2)"),
     (lambda d: d["qat"].update(methods=["gkd_bmfi", "none", "gkd_bmfi"]),
      "params.yaml: qat.methods has duplicates ('gkd_bmfi'); list each once"),
     (lambda d: d["input"].update(mean=[1, 2]),
      "params.yaml: input.mean needs 3 values (one per RGB channel), got 2: [1, 2]; write R, G, B as in the "
      "default [123.675, 116.28, 103.53]"),
-], ids=["opt_batch_over_max_batch", "duplicate_qat_methods", "two_value_mean"])
+], ids=["opt_batch_over_max_batch", "nms_max_boxes_over_tensorrts", "duplicate_qat_methods", "two_value_mean"])
 def test_record_level_refusal_is_file_field_reason_fix_without_the_section(edit, expected):
     line = refusal(edit)
     assert line == expected

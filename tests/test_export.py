@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -321,6 +322,10 @@ def test_parity_gate_names_what_failed_in_one_line():
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="10 of 1000 detections differ"):
         check_parity({**ok, "unexplained_unmatched": 10, "unexplained_fraction": 0.01}, tol, "tiny/gfl/m")
+    # a split of a few images (the camera sizes): the matching is gated, its mAP50 only recorded
+    check_parity({**ok, "mAP50_onnx": 50.3, "mAP50_abs_diff": 0.3}, tol, "tiny/gfl/m", map50=False)
+    with pytest.raises(UserError, match="10 of 1000 detections differ"):
+        check_parity({**ok, "unexplained_unmatched": 10, "unexplained_fraction": 0.01}, tol, "tiny/gfl/m", map50=False)
 
 
 # ----------------------------------------------------------------------------- the bundle / stage
@@ -376,24 +381,184 @@ def test_failed_parity_gate_leaves_no_export(world, tmp_path, monkeypatch):
         return {k: Detections(d.boxes + 3.0, d.scores, d.labels) for k, d in real(*args, **kwargs).items()}
 
     monkeypatch.setattr(bundle, "predict_dataset", shifted)
+    reuse_shared_graph(monkeypatch)
+    with pytest.raises(UserError, match="parity gate failed") as info:
+        fp32_only_bundle(tmp_path, val, train)
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "exports").iterdir()) == []
+
+
+def reuse_shared_graph(monkeypatch) -> None:
+    """Make ``bundle.export_onnx`` copy the shared export's graph of the same weights instead of
+    exporting afresh (saves ~10 s)."""
     exported = export_folder() / "model.onnx"
 
     def reuse(model, path, input_hw, *args, **kwargs):
-        """The shared export's graph of the same weights instead of a fresh export (saves ~10 s)."""
         shutil.copyfile(exported, path)
         module = export_module(model, input_hw)
         return ExportInfo(17, 8, True, module.max_det, nms_settings(module), True, 0)
 
     monkeypatch.setattr(bundle, "export_onnx", reuse)
+
+
+def fp32_only_bundle(tmp_path: Path, val, train, **deploy) -> dict:
+    """``bundle.export_bundle`` of the tiny GFL model, fp32 only, into ``tmp_path/exports/m``."""
     identity = {"dataset": "tiny", "detector": "gfl", "model": "baseline-resnet18", "backbone": "resnet18"}
     checkpoint = tmp_path / "m.pt"
     checkpoint.write_bytes(b"weights")
-    with pytest.raises(UserError, match="parity gate failed") as info:
-        with atomic_dir(tmp_path / "exports" / "m") as folder:
-            bundle.export_bundle(tiny_model("gfl"), folder, tiny_params(precisions=["fp32"]), val, train,
-                                 identity, checkpoint)
+    with atomic_dir(tmp_path / "exports" / "m") as folder:
+        return bundle.export_bundle(tiny_model("gfl"), folder, tiny_params(precisions=["fp32"], **deploy), val,
+                                    train, identity, checkpoint)
+
+
+@pytest.mark.slow
+def test_parity_gate_also_runs_val_images_at_camera_sizes():
+    """Val images stretched to 1242x375, 1280x720 and 1920x1080 (scale factors that are not integers)
+    pass the same gate through PyTorch and ONNX Runtime, recorded in the manifest's parity."""
+    from pipeline.deploy.parity import CAMERA_IMAGES, CAMERA_SIZES
+
+    camera = read_manifest(export_folder())["parity"]["camera_sizes"]
+    assert [s["in_wh"] for s in camera["sizes"]] == [list(s) for s in sorted(CAMERA_SIZES)]
+    assert camera["images"] == len(CAMERA_SIZES) * CAMERA_IMAGES
+    for size in camera["sizes"]:
+        (w, h), (new_w, new_h) = size["in_wh"], size["out_wh"]
+        assert (new_w, new_h) == (math.floor(w * min(192 / w, 64 / h) + 0.5),
+                                  math.floor(h * min(192 / w, 64 / h) + 0.5))
+        assert size["sx_sy"] == [new_w / w, new_h / h] and all(1 / f != round(1 / f) for f in size["sx_sy"])
+    assert camera["detections_pytorch"] > 0 and camera["detections_onnx"] > 0
+    assert camera["unexplained_unmatched"] == 0 and camera["matched"] == camera["detections_pytorch"]
+    assert "mAP50_pytorch" in camera and "mAP50_onnx" in camera and "not gated" in camera["gated"]
+
+
+@pytest.mark.slow
+def test_a_disagreement_only_at_camera_sizes_fails_the_gate(world, tmp_path, monkeypatch):
+    from pipeline.deploy.parity import CAMERA_SPLIT
+
+    train, val = world
+    real = bundle.predict_dataset
+
+    def shifted_at_camera_sizes(model, dataset, *args, **kwargs):
+        found = real(model, dataset, *args, **kwargs)
+        if dataset.coco["info"]["split"] != CAMERA_SPLIT:
+            return found
+        return {k: Detections(d.boxes + 3.0, d.scores, d.labels) for k, d in found.items()}
+
+    monkeypatch.setattr(bundle, "predict_dataset", shifted_at_camera_sizes)
+    reuse_shared_graph(monkeypatch)
+    with pytest.raises(UserError, match=r"\(val images at camera sizes\): parity gate failed") as info:
+        fp32_only_bundle(tmp_path, val, train)
     assert "\n" not in str(info.value)
     assert list((tmp_path / "exports").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_export_stops_when_the_nms_gets_more_boxes_than_the_targets_limit(world, tmp_path, monkeypatch):
+    """deploy.tensorrt.nms_max_boxes (2000 on Jetson Nano/TX1/TX2) reaches the readiness check: a
+    graph whose NMS gets more boxes per image than the target takes is not ready and stops the export."""
+    train, val = world
+    reuse_shared_graph(monkeypatch)
+    count = sum(export_module(tiny_model("gfl"), INPUT.padded_shape).level_k)
+    with pytest.raises(UserError, match=rf"NonMaxSuppression gets {count} boxes per image; TensorRT's NMS layer "
+                                        rf"considers at most {count - 1} \(deploy.tensorrt.nms_max_boxes\)") as info:
+        fp32_only_bundle(tmp_path, val, train, tensorrt={"nms_max_boxes": count - 1})
+    assert "\n" not in str(info.value)
+    assert fp32_only_bundle(tmp_path, val, train, tensorrt={"nms_max_boxes": count})["artifacts"]["model.onnx"][
+        "tensorrt_readiness"]["ready"]
+
+
+@pytest.mark.slow
+def test_every_onnx_file_declares_static_output_shapes_of_max_detections():
+    """The outputs' second dimension is the 100 slots in the graph itself (it was symbolic,
+    ``Mulboxes_dim_1``: code preallocating from the graph saw -1); the batch stays N."""
+    folder = export_folder()
+    expected = {"num_dets": ["N", 1], "boxes": ["N", 100, 4], "scores": ["N", 100], "labels": ["N", 100]}
+    assert read_manifest(folder)["conventions"]["output_shapes"] == expected
+    for path in sorted(folder.glob("*.onnx")):
+        graph = onnx.load(str(path)).graph
+        declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
+        assert declared == expected, path.name
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert {o.name: o.shape for o in session.get_outputs()} == expected, path.name
+
+
+@pytest.mark.slow
+def test_manifest_conventions_state_what_a_consumer_needs(world):
+    """Box mapping with per-axis factors, class names by index, what a score is and the int8
+    arithmetic behind every recorded mAP50, each re-run from what the manifest says."""
+    from pipeline.deploy.parity import backend_detections
+    from pipeline.metrics import evaluate_detections
+
+    _, val = world
+    folder = export_folder()
+    manifest = read_manifest(folder)
+    conv = manifest["conventions"]
+    assert "x_orig = x / sx, y_orig = y / sy" in conv["boxes_to_original"]
+    assert "sx = resized_w / orig_w and sy = resized_h / orig_h" in conv["boxes_to_original"]
+    example = conv["boxes_to_original_example"]
+    assert example["resized_wh"] == [192, 58]                  # 375 * 192 / 1242 = 57.97; 1242 * 64 / 375 > 192
+    assert example["sx_sy"] == [192 / 1242, 58 / 375]
+    assert example["box_orig"] == [b / f for b, f in zip(example["box"], example["sx_sy"] * 2)]
+    assert conv["class_names_by_index"] == {"0": "Car", "1": "Pedestrian", "2": "Cyclist"}
+    assert "-1" in conv["labels"] and "class_names" in conv["labels"]
+    assert "sigmoid" in conv["scores"] and "quality" in conv["scores"] and "NMS" in conv["scores"]
+
+    records = {r["where"]: r for r in conv["mAP50_arithmetic"]}
+    evals = {name: e["eval"] for name, e in manifest["artifacts"].items()}
+    assert set(records) == {f"artifacts.{name}.eval.mAP50" for name in evals} | {
+        "artifacts.model-int8.onnx.eval.onnxruntime_fused_mAP50"}
+    written = records["artifacts.model-int8.onnx.eval.mAP50"]
+    fused = records["artifacts.model-int8.onnx.eval.onnxruntime_fused_mAP50"]
+    assert written["session_config"] == {"session.disable_quant_qdq": "1"} and "as written" in written["arithmetic"]
+    assert fused["session_config"] == {} and "fused" in fused["arithmetic"]
+    assert records["artifacts.model-int8-cpu.onnx.eval.mAP50"]["session_config"] == {}
+
+    class Session:
+        """ONNX Runtime as the record states it, nothing of the project's runtime."""
+
+        def __init__(self, path: Path, config: dict[str, str]) -> None:
+            options = ort.SessionOptions()
+            for key, value in config.items():
+                options.add_session_config_entry(key, value)
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def run(self, images, sizes):
+            return self.session.run(None, {"images": images, "image_sizes": sizes})
+
+    for record in (written, fused, records["artifacts.model-int8-cpu.onnx.eval.mAP50"]):
+        name = record["where"].split(".eval.")[0].removeprefix("artifacts.")
+        dets = backend_detections(Session(folder / name, record["session_config"]), val, 4)
+        assert evaluate_detections(val.coco, dets)["mAP50"] == record["value"], record["where"]
+        assert record["value"] == evals[name][record["where"].split(".eval.")[1]]
+    # the untrained model scores 0 either way; its raw scores show the two arithmetics differ
+    images = np.stack([val[i].image for i in range(len(val))])
+    sizes = np.array([val[i].image_size for i in range(len(val))], np.float32)
+    as_written, default = (Session(folder / "model-int8.onnx", r["session_config"]).run(images, sizes)[2]
+                           for r in (written, fused))
+    assert np.abs(as_written - default).max() > 1e-4
+
+
+def test_every_recorded_map50_names_the_session_options_and_arithmetic_behind_it():
+    from pipeline.deploy.manifest import map50_records
+
+    artifacts = {
+        "model.onnx": {"kind": "onnx", "precision": "fp32", "eval": {"mAP50": 11.0, "qdq": "fused by onnxruntime",
+                                                                     "providers": ["CPUExecutionProvider"]}},
+        "model-int8.onnx": {"kind": "onnx", "precision": "int8",
+                            "eval": {"mAP50": 10.8634, "qdq": "as written", "onnxruntime_fused_mAP50": 10.7954,
+                                     "providers": ["CPUExecutionProvider"]}},
+        "model-int8-cpu.onnx": {"kind": "onnx", "precision": "int8_cpu", "eval": {"mAP50": 10.5, "qdq": "fused by "
+                                                                                  "onnxruntime"}},
+        "model-fp16.onnx": {"kind": "onnx", "precision": "fp16", "eval": {"skipped": "no kernel"}},
+        "model-fp32.engine": {"kind": "engine", "precision": "fp32"},
+    }
+    got = {r["where"]: (r["value"], r["session_config"], r["arithmetic"].split(":")[0]) for r in map50_records(artifacts)}
+    assert got == {
+        "artifacts.model.onnx.eval.mAP50": (11.0, {}, "fp32 as in the graph (ONNX Runtime CPU)"),
+        "artifacts.model-int8.onnx.eval.mAP50": (10.8634, {"session.disable_quant_qdq": "1"}, "int8 Q/DQ as written"),
+        "artifacts.model-int8.onnx.eval.onnxruntime_fused_mAP50": (10.7954, {}, "int8 fused by ONNX Runtime's default "
+                                                                                 "session"),
+        "artifacts.model-int8-cpu.onnx.eval.mAP50": (10.5, {}, "int8 fused by ONNX Runtime's default session"),
+    }
 
 
 def test_deploy_params_reject_a_precision_list_without_fp32():

@@ -68,6 +68,57 @@ def test_topk_limit_unsupported_ops_antialias_and_the_nms_box_limit(tmp_path):
     assert "(and 3 more)" in message
 
 
+def _topk_nms_graph(tmp_path, k: int):
+    """logits [N, 3, 40, 40] -> reshape(n, -1) with n read from the input's shape (as the tracer writes
+    ``x.reshape(n, -1)``) -> TopK K=k -> NMS boxes [N, k, 4], scores [N, 1, k]: the per-image box
+    count is set by the K constant, visible only once the batch is fixed."""
+    consts = [numpy_helper.from_array(np.array([k], np.int64), "k"),
+              numpy_helper.from_array(np.array(0, np.int64), "zero"),
+              numpy_helper.from_array(np.array([-1], np.int64), "rest"),
+              numpy_helper.from_array(np.array([1, 1, 4], np.int64), "reps"),
+              numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+              numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+              numpy_helper.from_array(np.array([2], np.int64), "ax2")]
+    nodes = [helper.make_node("Shape", ["logits"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], name="n", axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"], name="n1"),
+             helper.make_node("Concat", ["n1", "rest"], ["flat_shape"], name="cat", axis=0),
+             helper.make_node("Reshape", ["logits", "flat_shape"], ["scores"], name="flat"),
+             helper.make_node("TopK", ["scores", "k"], ["vals", "idx"], name="topk"),
+             helper.make_node("Unsqueeze", ["vals", "ax2"], ["vals3"], name="u2"),
+             helper.make_node("Tile", ["vals3", "reps"], ["boxes"], name="tile"),
+             helper.make_node("Unsqueeze", ["vals", "ax1"], ["nms_scores"], name="u1"),
+             helper.make_node("NonMaxSuppression", ["boxes", "nms_scores"], ["sel"], name="nms")]
+    return _save(tmp_path, nodes, [_float("logits", ["N", 3, 40, 40])],
+                 [helper.make_tensor_value_info("sel", TensorProto.INT64, [None, 3])], consts)
+
+
+def test_nms_box_count_is_derived_from_the_topk_constants_and_held_to_the_targets_limit(tmp_path):
+    path = _topk_nms_graph(tmp_path, 1200)
+    record = check_graph(path)
+    assert record["nms_boxes_each"] == [1200] and record["nms_boxes_per_image"] == 1200
+    assert record["ready"] and record["unverified"] == [] and record["nms_limit"] == NMS_MAX_BOXES == 5000
+    jetson = check_graph(path, nms_max_boxes=1000)            # e.g. 2000 on SM 5.3/6.2, here below the count
+    assert not jetson["ready"] and jetson["nms_limit"] == 1000
+    assert jetson["problems"] == ["nms (NonMaxSuppression): NonMaxSuppression gets 1200 boxes per image; TensorRT's "
+                                  "NMS layer considers at most 1000 (deploy.tensorrt.nms_max_boxes) and drops the rest "
+                                  "silently: lower the pre-NMS top-k or the input size"]
+    with pytest.raises(UserError, match="reject node nms"):
+        require_ready(path, jetson)
+
+
+def test_an_nms_count_the_graph_does_not_give_is_unverified_and_never_ready(tmp_path):
+    nodes = [helper.make_node("NonMaxSuppression", ["boxes", "nms_scores"], ["sel"], name="nms")]
+    path = _save(tmp_path, nodes, [_float("boxes", ["N", "M", 4]), _float("nms_scores", ["N", 1, "M"])],
+                 [helper.make_tensor_value_info("sel", TensorProto.INT64, [None, 3])])
+    record = check_graph(path)
+    assert record["ready"] is False and record["problems"] == []
+    assert record["nms_boxes_each"] == [None] and record["nms_boxes_per_image"] is None
+    assert record["unverified"] == ["nms (NonMaxSuppression): the boxes per image are not given by the graph's "
+                                    "shapes, so the NMS layer's limit of 5000 could not be checked"]
+    require_ready(path, record)                  # nothing TensorRT would reject: the export goes on, marked not ready
+
+
 def test_a_clean_graph_is_ready(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
     record = check_graph(_save(tmp_path, nodes, [_float("x", [2])], [_float("y", [2])]))
@@ -113,3 +164,23 @@ def test_the_export_records_readiness_and_runtime_per_variant():
         assert entry["runtime"] == "tensorrt, onnxruntime", name
         assert entry["tensorrt_readiness"]["ready"] and entry["tensorrt_readiness"]["problems"] == [], name
         assert "TensorRT 10" in entry["tensorrt_readiness"]["source"]
+
+
+def test_the_export_records_the_nms_box_count_derived_from_its_graph():
+    """The count comes from the graph (shape inference over the TopK K constants), and equals the
+    per-level top-k of the PyTorch export module: 'ready' rests on a checked count."""
+    from test_export import INPUT, export_folder, tiny_model
+
+    from pipeline.deploy.export_onnx import export_module
+
+    count = sum(export_module(tiny_model("gfl"), INPUT.padded_shape).level_k)
+    folder = export_folder()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, entry in manifest["artifacts"].items():
+        if name == "model-int8-cpu.onnx":
+            continue
+        record = entry["tensorrt_readiness"]
+        assert record["nms_boxes_each"] == [count] and record["nms_boxes_per_image"] == count, name
+        assert record["unverified"] == [] and record["nms_limit"] == 5000 and record["ready"], name
+        assert "TopK K constants" in record["nms_count_method"]
+        assert not check_graph(folder / name, nms_max_boxes=count - 1)["ready"], name

@@ -7,9 +7,12 @@ The resize is the one a C++ or GPU pipeline can reproduce: bilinear with half-pi
 and no antialiasing, which is what ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)`` and
 NPP's linear resize compute (PIL's ``BILINEAR`` filters over the whole footprint when shrinking,
 so nothing outside PIL reproduces it). Training, evaluation, the export parity gate and the
-runtime all call :func:`resize_image`.
+runtime all call :func:`resize_image`, whose output size is :func:`resized_size`'s (the one
+place that computes it; the manifest states its rule, :data:`SIZE_RULE`).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -18,9 +21,26 @@ INTERPOLATION = ("bilinear, half-pixel centres: src = (dst + 0.5) * in_size / ou
                  "[0, in_size - 1]; no antialiasing; rounded half up to uint8 (cv2.INTER_LINEAR)")
 
 
+#: How :func:`resized_size` rounds, stated in the export manifest for other implementations.
+SIZE_RULE = ("scale = min(resize_w / w, resize_h / h); out_w = floor(w * scale + 0.5), out_h = floor(h * scale + 0.5), "
+             "at least 1: halves round up, not to even (C: (int)floor(w * scale + 0.5)); IEEE double, the product "
+             "rounded before 0.5 is added (no fused multiply-add)")
+
+
 def fit_scale(width: int, height: int, box_width: int, box_height: int) -> float:
-    """Scale that fits a ``width x height`` image into the box keeping the aspect ratio."""
+    """Scale that fits a ``width x height`` image into the box keeping the aspect ratio (float64)."""
     return min(box_width / width, box_height / height)
+
+
+def resized_size(width: int, height: int, box_width: int, box_height: int) -> tuple[int, int]:
+    """``(out_w, out_h)`` of the keep-ratio resize of a ``width x height`` image into the
+    ``box_width x box_height`` box, as :data:`SIZE_RULE`: ``floor(x * scale + 0.5)``, at least 1.
+
+    Half up rather than Python's ``round`` (half to even), so C's ``floor(x + 0.5)`` reproduces
+    it: 333 x 192 into 320 x 96 is 167 x 96 (333 * 0.5 = 166.5), not 166 x 96.
+    """
+    scale = fit_scale(width, height, box_width, box_height)
+    return max(1, math.floor(width * scale + 0.5)), max(1, math.floor(height * scale + 0.5))
 
 
 def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,13 +67,12 @@ def resize_bilinear(image: np.ndarray, out_width: int, out_height: int) -> np.nd
 def resize_image(image: np.ndarray, box_width: int, box_height: int) -> tuple[np.ndarray, float, float]:
     """Keep-ratio bilinear resize (:func:`resize_bilinear`) of an ``[H, W, 3]`` uint8 image into the box.
 
-    Returns the resized image and the exact per-axis factors ``(sx, sy)`` (the rounded
-    output size divided by the input size, as MMDetection records them).
+    Returns the resized image (of :func:`resized_size`) and the exact per-axis factors
+    ``(sx, sy)`` (the output size divided by the input size, as MMDetection records them; a box
+    maps back to the original image as ``x / sx``, ``y / sy``).
     """
     height, width = image.shape[:2]
-    scale = fit_scale(width, height, box_width, box_height)
-    new_w = max(1, int(round(width * scale)))
-    new_h = max(1, int(round(height * scale)))
+    new_w, new_h = resized_size(width, height, box_width, box_height)
     if (new_w, new_h) != (width, height):
         image = resize_bilinear(image, new_w, new_h)
     return image, new_w / width, new_h / height

@@ -20,9 +20,9 @@ import torch
 from pipeline.config import Params
 from pipeline.data import transforms as T
 from pipeline.data.dataset import CuratedDataset, spread_indices
-from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx
-from pipeline.deploy.manifest import FORMAT, preprocessing_record, sha256, write_manifest
-from pipeline.deploy.parity import backend_detections, check_parity, parity_report
+from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx, output_shapes
+from pipeline.deploy.manifest import FORMAT, conventions_record, preprocessing_record, sha256, write_manifest
+from pipeline.deploy.parity import backend_detections, camera_record, camera_split, check_parity, parity_report
 from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
@@ -68,7 +68,9 @@ def _evaluate_onnx(path: Path, val: CuratedDataset, batch_size: int, threads: in
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         return {"skipped": f"onnxruntime CPU cannot run it: {first}"}, {}
     return {"backend": "onnxruntime", "providers": backend.providers, "split": "val", "num_images": len(val),
-            "qdq": "as written" if qdq_as_written else "fused by onnxruntime", **_metrics(val.coco, dets)}, dets
+            "qdq": "as written" if qdq_as_written else "fused by onnxruntime",
+            "session_config": {"session.disable_quant_qdq": "1"} if qdq_as_written else {},
+            **_metrics(val.coco, dets)}, dets
 
 
 def _evaluate_int8(path: Path, val: CuratedDataset, batch_size: int) -> tuple[dict, dict]:
@@ -84,20 +86,33 @@ def _evaluate_int8(path: Path, val: CuratedDataset, batch_size: int) -> tuple[di
 
 def _parity_gate(model: Detector, path: Path, val: CuratedDataset, params: Params, info: ExportInfo,
                  identity: dict[str, Any], quantized: bool = False) -> tuple[dict, dict[str, Any], dict, dict[str, Any]]:
-    """PyTorch against ONNX Runtime (``path``) on the val split; raises :class:`UserError` when the
-    detections disagree beyond ``deploy.parity``. A ``quantized`` graph (QAT) runs with its Q/DQ
-    as written, the arithmetic of PyTorch's fake quantization (:func:`_evaluate_int8`), under
-    ``qat.parity``. Returns ``(torch detections, ORT evaluation,
-    ORT detections, parity report)``."""
+    """PyTorch against ONNX Runtime (``path``) on the val split and on val images stretched to
+    camera sizes (:func:`pipeline.deploy.parity.camera_split`: scale factors that are not
+    integers); raises :class:`UserError` when the detections of either disagree beyond
+    ``deploy.parity`` (on the camera sizes: the per-detection matching). A ``quantized`` graph
+    (QAT) runs with its Q/DQ as written, the arithmetic of PyTorch's fake quantization
+    (:func:`_evaluate_int8`), under ``qat.parity``. Returns ``(torch detections, ORT evaluation,
+    ORT detections, parity report)`` of val; the report holds the camera sizes' as ``camera_sizes``."""
     batch_size = eval_batch(params)
+    section, tol = ("qat.parity", params.qat.parity) if quantized else ("deploy.parity", params.deploy.parity)
+    where = f"{identity['dataset']}/{identity['detector']}/{identity['model']}"
     torch_dets = predict_dataset(model, val, torch.device("cpu"), batch_size, progress=False)
     onnx_eval, onnx_dets = (_evaluate_int8(path, val, batch_size) if quantized
                             else _evaluate_onnx(path, val, batch_size, None))
     if "skipped" in onnx_eval:
         raise UserError(f"{path}: {onnx_eval['skipped']}")
-    section, tol = ("qat.parity", params.qat.parity) if quantized else ("deploy.parity", params.deploy.parity)
     report = parity_report(val.coco, torch_dets, onnx_dets, tol, info.nms["score_thr"], info.max_detections)
-    check_parity(report, tol, f"{identity['dataset']}/{identity['detector']}/{identity['model']}", section)
+    check_parity(report, tol, where, section)
+    with tempfile.TemporaryDirectory(prefix="parity-camera-") as tmp:
+        camera = camera_split(val, Path(tmp))
+        camera_torch = predict_dataset(model, camera, torch.device("cpu"), batch_size, progress=False)
+        camera_eval, camera_onnx = _evaluate_onnx(path, camera, batch_size, None, qdq_as_written=quantized)
+        if "skipped" in camera_eval:
+            raise UserError(f"{path}: {camera_eval['skipped']}")
+        camera_report = {**camera_record(camera), **parity_report(camera.coco, camera_torch, camera_onnx, tol,
+                                                                   info.nms["score_thr"], info.max_detections)}
+    check_parity(camera_report, tol, f"{where} (val images at camera sizes)", section, map50=False)
+    report["camera_sizes"] = camera_report
     return torch_dets, onnx_eval, onnx_dets, report
 
 
@@ -109,7 +124,7 @@ def _check_and_build(folder: Path, artifacts: dict[str, dict[str, Any]], params:
     for name, entry in artifacts.items():
         entry["runtime"] = runtime_of(entry["precision"])
         if entry["precision"] in TENSORRT_PRECISIONS:     # meant for TensorRT: its parser's rules apply
-            entry["tensorrt_readiness"] = check_graph(folder / name)
+            entry["tensorrt_readiness"] = check_graph(folder / name, deploy.tensorrt.nms_max_boxes)
             require_ready(folder / name, entry["tensorrt_readiness"])
         entry["sha256"] = sha256(folder / name)
     trt = deploy.tensorrt
@@ -128,7 +143,7 @@ def _check_and_build(folder: Path, artifacts: dict[str, dict[str, Any]], params:
 def manifest_record(params: Params, val: CuratedDataset, identity: dict[str, Any], checkpoint: Path,
                     info: ExportInfo, torch_dets: dict, report: dict[str, Any], artifacts: dict[str, dict[str, Any]],
                     tensorrt: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of an export folder (format documented in DEPLOY.md and the README)."""
+    """The manifest of an export folder (format in :mod:`pipeline.deploy.manifest` and the README)."""
     deploy, inp = params.deploy, params.input
     h, w = inp.padded_shape
     return {
@@ -152,6 +167,9 @@ def manifest_record(params: Params, val: CuratedDataset, identity: dict[str, Any
         "parity": report,
         "artifacts": artifacts,
         "tensorrt": tensorrt,
+        "conventions": conventions_record(identity["detector"], list(val.class_names),
+                                          output_shapes("N" if deploy.dynamic_batch else 1, info.max_detections),
+                                          (inp.width, inp.height), artifacts),
     }
 
 

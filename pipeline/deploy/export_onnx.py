@@ -3,14 +3,16 @@
 ``export_onnx`` wraps the detector in its static export module (one explicit dict per
 detector family), traces it with the TorchScript-based exporter (``dynamo=False``: the
 dynamo exporter cannot translate the custom NMS node), caps the IR version at one
-onnxruntime 1.31 accepts, simplifies the graph with onnxslim, runs ``onnx.checker`` and
-writes a single file (no external data).
+onnxruntime 1.31 accepts, simplifies the graph with onnxslim, declares the outputs' static
+shapes (the tracer leaves their second dimension symbolic, ``Mulboxes_dim_1``...), runs
+``onnx.checker`` and writes a single file (no external data).
 
 Graph contract (also written to the manifest):
     inputs   images [N, 3, H, W] float32, normalised and padded outside the graph
              image_sizes [N, 2] float32, (h, w) of each resized image before padding
     outputs  num_dets [N, 1] int32, boxes [N, K, 4] float32 (x1,y1,x2,y2 input pixels),
-             scores [N, K] float32, labels [N, K] int32 (-1 in unused slots)
+             scores [N, K] float32, labels [N, K] int32 (-1 in unused slots); K = max
+             detections per image (100), a number in the graph, N symbolic with dynamic batch
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch import nn
 
 from pipeline.deploy.faster_rcnn_export import FasterRCNNExport
 from pipeline.deploy.gfl_export import GFLExport
+from pipeline.deploy.trt_readiness import batch_fixed
 from pipeline.errors import UserError
 from pipeline.models.detector import Detector
 
@@ -67,6 +70,35 @@ def nms_settings(module: nn.Module) -> dict:
             "rpn_iou_thr": float(rpn.nms_thresh), "num_proposals": module.num_proposals}
 
 
+def output_shapes(batch: int | str, max_det: int) -> dict[str, list[int | str]]:
+    """The graph outputs' shapes: ``batch`` (``"N"`` when dynamic) by ``max_det`` slots."""
+    return {"num_dets": [batch, 1], "boxes": [batch, max_det, 4], "scores": [batch, max_det],
+            "labels": [batch, max_det]}
+
+
+def declare_output_shapes(graph: onnx.ModelProto, shapes: dict[str, list[int | str]]) -> None:
+    """Set the shapes of ``graph``'s outputs (int: a fixed size, str: a symbolic one) after
+    checking that ONNX shape inference, with the batch fixed to 1, finds the same sizes past the
+    batch dimension: the declared shapes are what the graph computes, not a claim on top of it."""
+    inferred = onnx.shape_inference.infer_shapes(batch_fixed(graph), data_prop=True).graph
+    found = {o.name: [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+             for o in inferred.output}
+    for output in graph.graph.output:
+        want = shapes[output.name]
+        fixed = [None if isinstance(d, str) else d for d in want]
+        if (found.get(output.name) or [None])[1:] != fixed[1:]:
+            raise ValueError(f"graph output {output.name} computes shape {found.get(output.name)} "
+                             f"(batch fixed to 1), not {want}")
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for d in want:
+            dim = dims.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+
+
 def export_onnx(model: Detector, path: Path, input_hw: tuple[int, int], opset: int = 17,
                 dynamic_batch: bool = True, simplify: bool = True) -> ExportInfo:
     """Write ``model`` as an end-to-end ONNX graph to ``path``.
@@ -97,6 +129,7 @@ def export_onnx(model: Detector, path: Path, input_hw: tuple[int, int], opset: i
 
         graph = onnxslim.slim(graph)
     graph.ir_version = min(graph.ir_version, MAX_IR_VERSION)
+    declare_output_shapes(graph, output_shapes("N" if dynamic_batch else 1, int(module.max_det)))
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path), save_as_external_data=False)
     return ExportInfo(opset=opset, ir_version=int(graph.ir_version), dynamic_batch=dynamic_batch,

@@ -7,11 +7,16 @@ their close relatives: the op must be listed as supported, its data input must b
 type, and the listed restrictions that apply to our graphs are checked (Q/DQ zero points and
 quantized types, TopK ``sorted``/``K``, Resize modes and antialiasing, ScatterND reduction,
 pooling dilations and indices, constant ``axes``/``K`` inputs). On top of the table, the NMS
-layer's limit of 5,000 candidate boxes per image (TensorRT's INMSLayer) is checked where the
-graph's shapes say how many boxes reach it.
+layer's box limit: TensorRT's INMSLayer considers at most 5,000 boxes per image (2,000 on SM
+5.3/6.2, Jetson Nano/TX1/TX2) and drops the rest silently, so the boxes each NonMaxSuppression
+node gets per image are derived from the graph (ONNX shape inference with the batch fixed to 1:
+the TopK ``K`` constants and static reshapes that feed the NMS) and held to the target's limit
+(``deploy.tensorrt.nms_max_boxes``).
 
-The result is a plain record for the manifest; :func:`require_ready` turns a failure into one
-line naming the file, the node and the reason.
+The result is a plain record for the manifest: ``ready`` is true only when every check ran and
+passed; a check that could not run (a box count the shapes do not give) is listed under
+``unverified`` and leaves ``ready`` false. :func:`require_ready` turns a problem into one line
+naming the file, the node and the reason.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ import onnx
 from pipeline.errors import UserError
 
 SOURCE = "onnx/onnx-tensorrt docs/operators.md, TensorRT 10.15 (10.x parser)"
-NMS_MAX_BOXES = 5000
+NMS_MAX_BOXES = 5000        # TensorRT's NMS layer per image; 2000 on SM 5.3/6.2 (Jetson Nano, TX1, TX2)
+NMS_COUNT_METHOD = ("ONNX shape inference with the batch fixed to 1: the boxes input's second dimension, set by "
+                    "the TopK K constants and static reshapes that feed the NMS")
 TOPK_MAX_K = 3840
 
 _F = ("FP32", "FP16", "BF16")
@@ -76,11 +83,26 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
+def batch_fixed(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs have a symbolic first (batch) dimension set to
+    ``batch`` and no stale intermediate shapes, so shape inference can resolve every size that
+    does not depend on the batch (the per-image box counts)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    del fixed.graph.value_info[:]
+    return fixed
+
+
 class _Graph:
-    """Types, shapes and constants of a model after ONNX shape inference."""
+    """Types, shapes and constants of a model after ONNX shape inference (batch fixed to 1)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+        inferred = onnx.shape_inference.infer_shapes(batch_fixed(model), data_prop=True).graph
         self.nodes = list(inferred.node)
         values = [*inferred.value_info, *inferred.input, *inferred.output]
         self.types = {v.name: v.type.tensor_type.elem_type for v in values}
@@ -99,8 +121,19 @@ class _Graph:
         return None if not t else _type_name(t)
 
 
-def _node_problem(node: onnx.NodeProto, g: _Graph) -> str | None:
-    """Why TensorRT's parser would reject ``node``, or ``None``."""
+def nms_boxes(node: onnx.NodeProto, g: _Graph) -> int | None:
+    """Boxes per image reaching a NonMaxSuppression ``node`` (``boxes [N, M, 4]``, ``scores
+    [N, C, M]``: ``M``), or ``None`` where the inferred shapes do not give it."""
+    boxes = g.shapes.get(node.input[0]) or []
+    scores = (g.shapes.get(node.input[1]) or []) if len(node.input) > 1 else []
+    known = [d for d in (boxes[1] if len(boxes) == 3 else None, scores[2] if len(scores) == 3 else None)
+             if d is not None]
+    return max(known) if known else None
+
+
+def _node_problem(node: onnx.NodeProto, g: _Graph, nms_max_boxes: int = NMS_MAX_BOXES) -> str | None:
+    """Why TensorRT's parser would reject ``node`` (or its NMS layer would drop boxes beyond
+    ``nms_max_boxes``), or ``None``."""
     op = node.op_type
     if op in UNSUPPORTED:
         return f"{op} is not supported by TensorRT's ONNX parser"
@@ -144,36 +177,47 @@ def _node_problem(node: onnx.NodeProto, g: _Graph) -> str | None:
                                                                        and node.output[1]):
             return f"{op}: dilations must be ones and the Indices output unused"
     if op == "NonMaxSuppression":
-        boxes = g.shapes.get(node.input[0]) or []
-        if len(boxes) == 3 and boxes[1] is not None and boxes[1] > NMS_MAX_BOXES:
-            return (f"NonMaxSuppression gets {boxes[1]} boxes per image; TensorRT's NMS layer considers at most "
-                    f"{NMS_MAX_BOXES}")
+        count = nms_boxes(node, g)
+        if count is not None and count > nms_max_boxes:
+            return (f"NonMaxSuppression gets {count} boxes per image; TensorRT's NMS layer considers at most "
+                    f"{nms_max_boxes} (deploy.tensorrt.nms_max_boxes) and drops the rest silently: lower the "
+                    "pre-NMS top-k or the input size")
     return None
 
 
-def check_graph(path: Path) -> dict[str, Any]:
-    """The readiness record of one ONNX file: ``ready``, ``source``, ``nodes`` checked,
-    ``problems`` (``"<node> (<op>): <reason>"``), ``nms_boxes_per_image`` (the largest count
-    the shapes give, ``None`` where they do not say) and ``nms_boxes_each`` (per NMS node, in order)."""
+def check_graph(path: Path, nms_max_boxes: int = NMS_MAX_BOXES) -> dict[str, Any]:
+    """The readiness record of one ONNX file for a target whose NMS layer takes ``nms_max_boxes``
+    boxes per image.
+
+    Returns ``ready`` (true only when nothing is in ``problems`` or ``unverified``), ``source``,
+    ``nodes`` checked, ``problems`` (``"<node> (<op>): <reason>"``), ``unverified`` (checks that
+    could not run, ``"<node> (<op>): <why>"``), ``nms_boxes_per_image`` (the largest derived
+    count, ``None`` without NMS or where unverified), ``nms_boxes_each`` (per NMS node, in order),
+    ``nms_limit`` and ``nms_count_method``.
+    """
     g = _Graph(onnx.load(str(path)))
-    problems = []
-    nms_boxes: list[int | None] = []
+    problems, unverified = [], []
+    nms_each: list[int | None] = []
     for node in g.nodes:
-        why = _node_problem(node, g)
+        where = f"{node.name or node.output[0]} ({node.op_type})"
+        why = _node_problem(node, g, nms_max_boxes)
         if why is not None:
-            problems.append(f"{node.name or node.output[0]} ({node.op_type}): {why}")
+            problems.append(f"{where}: {why}")
         if node.op_type == "NonMaxSuppression":
-            shape = g.shapes.get(node.input[0]) or [None, None, None]
-            nms_boxes.append(shape[1] if len(shape) == 3 else None)
-    known = [b for b in nms_boxes if b is not None]
-    return {"ready": not problems, "source": SOURCE, "nodes": len(g.nodes), "problems": problems,
-            "nms_boxes_per_image": max(known) if known else None, "nms_boxes_each": nms_boxes,
-            "nms_limit": NMS_MAX_BOXES, "nms_unverified": sum(b is None for b in nms_boxes)}
+            nms_each.append(nms_boxes(node, g))
+            if nms_each[-1] is None:
+                unverified.append(f"{where}: the boxes per image are not given by the graph's shapes, so the "
+                                  f"NMS layer's limit of {nms_max_boxes} could not be checked")
+    known = [b for b in nms_each if b is not None]
+    return {"ready": not problems and not unverified, "source": SOURCE, "nodes": len(g.nodes), "problems": problems,
+            "unverified": unverified, "nms_boxes_per_image": max(known) if known and not unverified else None,
+            "nms_boxes_each": nms_each, "nms_limit": nms_max_boxes, "nms_count_method": NMS_COUNT_METHOD}
 
 
 def require_ready(path: Path, record: dict[str, Any]) -> None:
-    """One line naming the file and its first offending node when TensorRT would reject it."""
-    if not record["ready"]:
+    """One line naming the file and its first offending node when TensorRT would reject it (a
+    check that could not run leaves ``ready`` false in the record but does not stop the export)."""
+    if record["problems"]:
         more = f" (and {len(record['problems']) - 1} more)" if len(record["problems"]) > 1 else ""
         raise UserError(f"{path}: TensorRT's ONNX parser would reject node {record['problems'][0]}{more}; "
                         "fix the exporter or drop this precision from deploy.precisions")
