@@ -323,6 +323,7 @@ def test_tables_compare_each_method_with_the_students_baseline(tmp_path, monkeyp
     params = load_params(REPO / "params.yaml").model_dump(mode="json")
     params["distill"].update({"teacher": "teacher-resnet101", "students": ["resnet18"],
                               "methods": ["gkd_bmfi", "mfi"]})
+    params["deploy"]["models"] = ["gkd_bmfi-resnet18"]
     params["datasets"] = ["kitti"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
