@@ -152,10 +152,13 @@ def test_edits_rerun_only_the_stages_they_change(repro):
     # a new model in deploy.models adds its own export and benchmark; every existing stage stays put
     added = stale_stages(root, env, lambda p: p["deploy"]["models"].append("inherit_only-resnet18"))
     assert added == {"export@synthetic-gfl-inherit_only-resnet18", "benchmark@synthetic-gfl-inherit_only-resnet18"}
-    # benchmark.iters touches the stages that time: the benchmarks and the QAT table
+    # benchmark.iters touches the stages that time: the benchmarks (QAT exports' too) and the QAT table
     iters = stale_stages(root, env, lambda p: p["benchmark"].update(iters=4))
     assert iters == {"benchmark@synthetic-gfl-baseline-resnet18", "benchmark@synthetic-gfl-gkd_bmfi-resnet18",
-                     "qat_tables@synthetic-gfl"}
+                     "benchmark_qat@synthetic-gfl-gkd_bmfi-resnet18-none",
+                     "benchmark_qat@synthetic-gfl-gkd_bmfi-resnet18-gkd_bmfi", "qat_tables@synthetic-gfl"}
+    # a latency budget changes the choice only
+    assert stale_stages(root, env, lambda p: p["deploy"].update(budgets_ms=[1000])) == {"ship"}
     # qat.lr retrains the QAT students only
     lr = stale_stages(root, env, lambda p: p["qat"].update(lr=0.002))
     assert lr == {"qat@synthetic-gfl-gkd_bmfi-resnet18-none", "qat@synthetic-gfl-gkd_bmfi-resnet18-gkd_bmfi"}
