@@ -454,6 +454,38 @@ def test_benchmark_stage_times_every_backend_with_its_accuracy_and_plots(capsys)
     assert f"plotted {len(ranked)} variants" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_benchmark_of_a_qat_export_has_no_pytorch_row_and_is_ranked_by_the_ship_stage(tmp_path):
+    """A QAT export folder holds one int8 file and the parent's name: benchmark_qat times that file
+    on every runtime, keeps its val detections beside the others', and the ship stage ranks it."""
+    from stages import benchmark as benchmark_stage
+    from stages import ship as ship_stage
+
+    root = tmp_path / "repo"
+    shutil.copytree(built_repo(), root, symlinks=True)
+    shutil.rmtree(root / "metrics", ignore_errors=True)
+    qat = root / "exports" / "tiny" / "gfl" / "qat" / "gkd_bmfi" / "baseline-resnet18"
+    qat.mkdir(parents=True)
+    shutil.copy2(export_folder() / "model-int8.onnx", qat / "model-int8.onnx")
+    manifest = read_manifest(export_folder())
+    manifest["artifacts"] = {"model-int8.onnx": manifest["artifacts"]["model-int8.onnx"]}
+    manifest["model"].update(model="baseline_qat_gkd_bmfi-resnet18", parent="baseline-resnet18", qat_method="gkd_bmfi")
+    (qat / "manifest.json").write_text(json.dumps(manifest))
+    with chdir(root):
+        benchmark_stage.main(["run", "tiny", "gfl", "baseline-resnet18", "--qat", "gkd_bmfi"])
+        ship_stage.main([])
+    record = json.loads((root / "metrics" / "benchmark" / "tiny" / "gfl" / "qat" / "gkd_bmfi" /
+                         "baseline-resnet18.json").read_text())
+    assert set(record["backends"]) == {"onnxruntime-cpu-int8"} and record["qat_method"] == "gkd_bmfi"
+    assert record["parent"] == "baseline-resnet18"
+    dets = root / "detections" / "benchmark" / "tiny" / "gfl" / "qat" / "gkd_bmfi" / "baseline-resnet18"
+    assert [p.name for p in dets.iterdir()] == ["onnxruntime-cpu-int8.npz"]
+    ship = json.loads((root / "reports" / "ship.json").read_text())["datasets"]["tiny"]
+    ranked = next(c for c in ship["candidates"] if c["quantization"] == "QAT+gkd_bmfi")
+    assert ranked["key"] == "gfl/baseline-resnet18/QAT+gkd_bmfi/onnxruntime-cpu-int8"
+    assert ranked["mAP50"] == pytest.approx(record["backends"]["onnxruntime-cpu-int8"]["mAP50"], abs=1e-6)
+
+
 def dequantize_input_types(graph: onnx.ModelProto) -> dict[str, int]:
     """Element type of the first input of every DequantizeLinear node, by node name."""
     inferred = onnx.shape_inference.infer_shapes(graph).graph
