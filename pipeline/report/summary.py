@@ -137,7 +137,11 @@ def ship_section(ship: dict[str, Any] | None) -> str:
         models = {c["model"] for c in block["candidates"]}
         parts += [f"### {name}: {len(block['candidates'])} variants of {len(models)} models, "
                   f"{block.get('num_val_images', '?')} val images", ""]
-        parts += [f"Hardware: {h}." for h in block.get("hardware", [])] + [""]
+        if not block["candidates"]:
+            parts += ["_No benchmarked variant with val detections yet (run the benchmark stages: dvc repro)._", ""]
+            parts += [f"- not ranked: {why}" for why in block.get("not_ranked", [])] + [""] * bool(block.get("not_ranked"))
+            continue
+        parts += [f"Hardware: {h}." for h in block.get("hardware", [])] + [""] * bool(block.get("hardware"))
         parts += ["| budget (p90 <=) | ship | mAP50 [95%] | p50-p90 ms | why |", "| ---: | --- | ---: | ---: | --- |"]
         notes = []
         for choice in block.get("choices", []):
