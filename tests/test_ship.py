@@ -115,7 +115,8 @@ def test_select_prints_the_choice_with_its_interval_and_latency_spread(tmp_path,
     out = capsys.readouterr().out
     assert "synthetic: budget 60 ms (p90): ship cheap fp32 on onnxruntime-cpu (gfl), mAP50 11.00 [9.50, 12.50], " \
            "latency p50-p90 15.0-20.0 ms" in out
-    assert "synthetic: cheap fp32 on onnxruntime-cpu (gfl) has not learned Pedestrian (AP50 0.01), Cyclist (0.80)." in out
+    assert ("synthetic: cheap fp32 on onnxruntime-cpu (gfl) has not learned Pedestrian (AP50 0.01), "
+            "Cyclist (0.80).") in out
     assert "measured on x86_64, 2 CPU threads" in out
     cli_main(["select", "--budget-ms", "5", "--ship", str(ship_file(tmp_path)), "--dataset", "synthetic"])
     assert "nothing fits; the fastest variant, tiny" in capsys.readouterr().out
@@ -179,7 +180,8 @@ def test_ship_stage_ranks_every_exported_and_qat_variant(tmp_path, monkeypatch, 
     Path("data/curated/tiny/val.json").write_text(json.dumps(VAL))
     Path("params.yaml").write_text(yaml.safe_dump({
         "datasets": ["tiny"], "sources": {"tiny": {"format": "kitti"}},
-        "deploy": {"models": ["baseline-resnet18"], "budgets_ms": [5, 30, 100]}, "qat": {"models": ["baseline-resnet18"]}}))
+        "deploy": {"models": ["baseline-resnet18"], "budgets_ms": [5, 30, 100]},
+        "qat": {"models": ["baseline-resnet18"]}}))
     root = Path("metrics/benchmark/tiny/gfl")
     (root / "qat" / "gkd_bmfi").mkdir(parents=True)
     (root / "baseline-resnet18.json").write_text(json.dumps(bench("baseline-resnet18", {

@@ -139,7 +139,8 @@ def ship_section(ship: dict[str, Any] | None) -> str:
                   f"{block.get('num_val_images', '?')} val images", ""]
         if not block["candidates"]:
             parts += ["_No benchmarked variant with val detections yet (run the benchmark stages: dvc repro)._", ""]
-            parts += [f"- not ranked: {why}" for why in block.get("not_ranked", [])] + [""] * bool(block.get("not_ranked"))
+            unranked = [f"- not ranked: {why}" for why in block.get("not_ranked", [])]
+            parts += unranked + [""] * bool(unranked)
             continue
         parts += [f"Hardware: {h}." for h in block.get("hardware", [])] + [""] * bool(block.get("hardware"))
         parts += ["| budget (p90 <=) | ship | mAP50 [95%] | p50-p90 ms | why |", "| ---: | --- | ---: | ---: | --- |"]
