@@ -15,7 +15,7 @@ from pipeline.cli import main as cli_main
 from pipeline.errors import UserError
 from pipeline.metrics.bootstrap import save_detections
 from pipeline.report.per_class import per_class_markdown, unlearned_line
-from pipeline.report.ship import check_ship, frontier, needed_pairs, select
+from pipeline.report.ship import check_ship, frontier, needed_pairs, read_ship, select
 from pipeline.structures import Detections
 
 
@@ -137,12 +137,11 @@ def test_select_refuses_bad_input_with_one_line(tmp_path, capsys, args, content,
         cli_main(["select", *args, "--ship", str(path)])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and expected in err, err
-    with pytest.raises(UserError, match="no such file"):
-        from pipeline.report.ship import read_ship
+
+
+def test_a_missing_record_names_the_stage_that_writes_it(tmp_path):
+    with pytest.raises(UserError, match=r"missing.json: no such file; run the ship stage \(dvc repro ship\)"):
         read_ship(tmp_path / "missing.json")
-
-
-def test_check_ship_accepts_what_the_stage_writes():
     assert check_ship({"datasets": {"synthetic": {"candidates": RECORDS, "gains": GAINS}}}, Path("x"))
 
 
