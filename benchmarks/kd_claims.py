@@ -87,7 +87,9 @@ def profile_params(profile: str, seed: int, methods: tuple[str, ...], balance: s
     return merge(params, {"seed": seed, "datasets": [DATASET],
                           "model": {"detectors": [DETECTOR], "train": [TEACHER, f"baseline-{STUDENT}"]},
                           "distill": {"teacher": TEACHER, "students": [STUDENT], "methods": list(methods),
-                                      "gradmap_images": 0, "balance": mode, "extra_seeds": []}})
+                                      "gradmap_images": 0, "balance": mode, "extra_seeds": []},
+                          # nothing is exported here; name a model every workspace trains
+                          "deploy": {"models": [f"baseline-{STUDENT}"]}, "qat": {"models": [f"baseline-{STUDENT}"]}})
 
 
 def row_folder(root: Path, seed: int, row: str) -> Path:

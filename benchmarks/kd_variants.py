@@ -68,8 +68,9 @@ def main() -> None:
     roots = {"main": Path(".")}
     for name in args.variants:
         folder = args.workdir / name
-        override = merge({"distill": {"methods": [METHOD], "gradmap_images": 0}, "eval": {"pictures": 0}},
-                         VARIANTS[name])
+        exported = [f"{METHOD}-{students[0]}"]       # nothing is exported here; a model the workspace trains
+        override = merge({"distill": {"methods": [METHOD], "gradmap_images": 0}, "eval": {"pictures": 0},
+                          "deploy": {"models": exported}, "qat": {"models": exported}}, VARIANTS[name])
         prepare(folder, merge(params, override), links)
         for student in students:
             run = RunId(dataset, detector, f"{METHOD}-{student}")

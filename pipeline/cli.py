@@ -1,8 +1,15 @@
-"""The ``gkd-bmfi`` command: look at an exported detector and run it on images.
+"""The ``gkd-bmfi`` command: choose an exported detector, look at it and run it on images.
 
+    gkd-bmfi select --budget-ms 80 [--ship reports/ship.json] [--dataset synthetic]
     gkd-bmfi info exports/synthetic/gfl/gkd_bmfi-resnet18
     gkd-bmfi detect exports/synthetic/gfl/gkd_bmfi-resnet18 frames/ --out detections/ [--variant model-int8-cpu.onnx]
                     [--score 0.3] [--overwrite]
+
+``select`` reads the ship stage's ``reports/ship.json`` (every exported variant's benchmarked
+latency and val accuracy with paired intervals) and prints, per dataset, the most accurate
+variant whose batch-1 p90 latency fits the budget, with its mAP50 interval and p50-p90 latency;
+where the best and a cheaper variant cannot be told apart it prints the cheaper and says so; a
+budget nothing fits is said plainly (:mod:`pipeline.report.ship` holds the rule).
 
 ``info`` summarises the export's manifest: the input and its preprocessing, the classes, and each
 variant with its runtime, val mAP50, TensorRT-readiness and, when the benchmark stage has measured
@@ -19,7 +26,7 @@ replaces only a folder holding that marker (an earlier ``detect`` output). Nothi
 replaced: not the working directory or a folder above it, a git repository, an export folder or a
 folder holding the inputs. A failed run leaves ``--out`` as it was.
 
-Neither command imports torch. Bad input ends with one line and exit status 2.
+No command imports torch. Bad input ends with one line and exit status 2.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from pipeline.deploy.manifest import artifact_mismatch, read_manifest
 from pipeline.draw import class_colour, draw_boxes
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.io import claim_output_dir, command_output_dir, read_json, write_json
+from pipeline.report.ship import read_ship, select, unlearned_note
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 #: The file ``detect`` writes into each output folder: ``--overwrite`` replaces only folders holding it.
@@ -112,6 +120,30 @@ def summary(folder: Path, benchmark: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+def choose(ship_path: Path, budget_ms: float, dataset: str | None = None) -> str:
+    """What ``gkd-bmfi select`` prints: per dataset of ``ship_path`` (or only ``dataset``), the
+    choice for ``budget_ms`` in one sentence and the classes the chosen variant has not learned."""
+    if not (math.isfinite(budget_ms) and budget_ms > 0):
+        raise UserError(f"--budget-ms {budget_ms:g}: give a positive number of milliseconds (batch-1 p90)")
+    ship = read_ship(ship_path)
+    blocks = ship["datasets"]
+    if dataset is not None and dataset not in blocks:
+        raise UserError(f"--dataset {dataset}: {ship_path} has no such dataset (it has "
+                        f"{', '.join(blocks) or 'none'}); pick one of those or re-run the ship stage")
+    lines = []
+    for name, block in blocks.items():
+        if dataset is not None and name != dataset:
+            continue
+        choice = select(block["candidates"], block["gains"], budget_ms)
+        lines.append(f"{name}: {choice.sentence()}.")
+        note = unlearned_note(choice.chosen) if choice.chosen is not None else None
+        if note:
+            lines.append(f"{name}: {note}.")
+    hardware = sorted({h for name, b in blocks.items() if dataset in (None, name) for h in b.get("hardware", [])})
+    lines += [f"measured on {h}" for h in hardware]
+    return "\n".join(lines)
+
+
 def image_files(target: Path) -> list[Path]:
     """``target`` itself or the images of the folder ``target`` (sorted), or one line saying why not."""
     if target.is_file():
@@ -173,6 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gkd-bmfi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    pick = sub.add_parser("select", help="the most accurate exported variant within a latency budget")
+    pick.add_argument("--budget-ms", type=float, required=True, help="batch-1 p90 latency budget (ms)")
+    pick.add_argument("--ship", type=Path, default=Path("reports") / "ship.json",
+                      help="the ship stage's record (default reports/ship.json)")
+    pick.add_argument("--dataset", default=None, help="only this dataset (default: each of the record)")
     info = sub.add_parser("info", help="summarise an export folder's manifest")
     info.add_argument("export", type=Path)
     info.add_argument("--benchmark", type=Path, default=None, help="benchmark json (default: the stage's)")
@@ -189,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--score", type=float, default=0.3, help="minimum score drawn (default 0.3)")
     run.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.command == "select":
+        print(choose(args.ship, args.budget_ms, args.dataset))
+        return
     if args.command == "info":
         print(summary(args.export, args.benchmark))
         return

@@ -354,11 +354,17 @@ class DeployParams(Record):
     parity-gated, evaluated with ONNX Runtime on CPU, and TensorRT engines where possible.
 
     ``models`` are ``<role or method>-<backbone>`` names of trained or distilled models;
-    ``int8`` is calibrated on ``calib_images`` curated training images (never val).
+    ``int8`` is calibrated on ``calib_images`` curated training images (never val). The default
+    exports the three ResNet-18 students (distilled, inherit-only control, baseline) so that the
+    latency-budgeted choice (``budgets_ms``, stage ``ship``) has more than one model to choose from.
+
+    ``budgets_ms``: latency budgets in milliseconds of batch-1 p90 on the benchmark's hardware; for
+    each, ``reports/ship.json`` and the summary name the most accurate exported variant that fits
+    (:mod:`pipeline.report.ship`).
     """
 
     models: Annotated[tuple[Annotated[str, Field(pattern=EXPORT_MODEL_NAME)], ...], Field(min_length=1)] = (
-        "gkd_bmfi-resnet18",)
+        "gkd_bmfi-resnet18", "inherit_only-resnet18", "baseline-resnet18")
     precisions: Annotated[tuple[Literal["fp32", "fp16", "int8", "int8_cpu"], ...], Field(min_length=1)] = (
         "fp32", "fp16", "int8", "int8_cpu")
     opset: Annotated[int, Field(ge=17, le=23)] = 17
@@ -368,13 +374,17 @@ class DeployParams(Record):
     calib_method: Literal["minmax", "percentile", "entropy"] = "minmax"
     parity: ParityParams = ParityParams()
     tensorrt: TensorRTParams = TensorRTParams()
+    #: one hour at most: a budget is a per-image latency, not a job's run time
+    budgets_ms: Annotated[tuple[Annotated[float, Field(gt=0.0, le=3_600_000.0, allow_inf_nan=False)], ...],
+                          Field(min_length=1)] = (
+        50.0, 80.0, 160.0)
 
     @model_validator(mode="after")
     def _fp32_first(self) -> "DeployParams":
         if "fp32" not in self.precisions:
             raise FieldError("precisions", f"must include fp32 (the parity-gated graph the others derive from), "
                                            f"got {list(self.precisions)}; add fp32")
-        check_unique(self, "models", "precisions")
+        check_unique(self, "models", "precisions", "budgets_ms")
         return self
 
 

@@ -1,12 +1,18 @@
-"""DVC stages `benchmark@<dataset>-<detector>-<model>` and `benchmark_plot@<dataset>-<detector>`.
+"""DVC stages `benchmark@<dataset>-<detector>-<model>` and `benchmark_qat@<dataset>-<detector>-<model>-<method>`.
 
-    python stages/benchmark.py run <dataset> <detector> <model>
+    python stages/benchmark.py run <dataset> <detector> <model> [--qat <method>]
         -> metrics/benchmark/<dataset>/<detector>/<model>.json: per backend and precision present
            (PyTorch eager, ONNX Runtime CPU fp32/fp16/int8, ONNX Runtime CUDA/TensorRT, TensorRT
            engines) p50/p90/p99 latency at batch 1 (ms), throughput at benchmark.throughput_batch,
-           the providers really used, and that artifact's mAP50 on val; skipped backends with why.
-    python stages/benchmark.py plot <dataset> <detector>
-        -> plots/benchmark/<dataset>_<detector>.png: mAP50 against latency, the Pareto view.
+           the providers really used, and that artifact's mAP50 on val on that runtime; skipped
+           backends with why;
+        -> detections/benchmark/<dataset>/<detector>/<model>/<backend>.npz: the val detections of
+           every ONNX Runtime / TensorRT backend timed (the ship stage's paired intervals).
+        With --qat <method>: the QAT export exports/<dataset>/<detector>/qat/<method>/<model>/
+        (its int8 file on every runtime; no PyTorch row), written under .../qat/<method>/<model>.
+
+The mAP50-against-latency plot of every variant is stage benchmark_plot (stages/pareto.py), drawn
+from reports/ship.json, where each accuracy carries its interval.
 """
 from __future__ import annotations
 
@@ -15,48 +21,49 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
-from pipeline.deploy.benchmark import plot_pareto
 from pipeline.deploy.benchmark_suite import run_suite
-from pipeline.engine.runs import RunId, curated_path, load_trained
-from pipeline.errors import UserError, exit_on_user_error
-from pipeline.io import write_json
+from pipeline.engine.runs import QATRun, RunId, curated_path, load_trained
+from pipeline.errors import exit_on_user_error
+from pipeline.io import atomic_dir, write_json
 
 
-def metrics_path(run: RunId) -> Path:
-    return Path("metrics") / "benchmark" / run.dataset / run.detector / f"{run.model}.json"
+def metrics_path(run: RunId | QATRun) -> Path:
+    """``metrics/benchmark/<dataset>/<detector>/<model>.json`` (QAT: ``.../qat/<method>/<model>.json``)."""
+    return _under("metrics", run).with_suffix(".json")
 
 
-def plot_path(dataset: str, detector: str) -> Path:
-    return Path("plots") / "benchmark" / f"{dataset}_{detector}.png"
+def detections_dir(run: RunId | QATRun) -> Path:
+    """``detections/benchmark/<dataset>/<detector>/<model>/`` (QAT: ``.../qat/<method>/<model>/``)."""
+    return _under("detections", run)
+
+
+def _under(root: str, run: RunId | QATRun) -> Path:
+    base = Path(root) / "benchmark" / run.dataset / run.detector
+    if isinstance(run, QATRun):
+        return base / "qat" / run.method / run.parent
+    return base / run.model
 
 
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    run_id = RunId(args.dataset, args.detector, args.model)
+    if args.qat:
+        run_id: RunId | QATRun = QATRun(args.dataset, args.detector, args.model, args.qat)
+        folder = run_id.export_dir
+    else:
+        run_id = RunId(args.dataset, args.detector, args.model)
+        folder = Path("exports") / run_id.dataset / run_id.detector / run_id.model
     val = CuratedDataset(load_curated(curated_path(run_id.dataset, "val")), params.input, train=False)
-    model, _ = load_trained(run_id, val.class_names, params.model.fpn_channels)
-    folder = Path("exports") / run_id.dataset / run_id.detector / run_id.model
-    record = run_suite(model, folder, val, params.benchmark, params.eval.batch_size)
+    model = None if args.qat else load_trained(run_id, val.class_names, params.model.fpn_channels)[0]
+    with atomic_dir(detections_dir(run_id)) as tmp:
+        record = run_suite(model, folder, val, params.benchmark, params.eval.batch_size, tmp)
     write_json(metrics_path(run_id), record)
     for name, row in record["backends"].items():
         acc = f"mAP50 {row['mAP50']:.2f}" if "mAP50" in row else "mAP50 n/a"
-        print(f"{run_id} {name:28s} p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  "
+        print(f"{run_id} {name:28s} p50 {row['p50_ms']:8.2f} ms  p90 {row['p90_ms']:8.2f} ms  "
               f"{row['throughput_ips']:7.1f} img/s  {acc}  [{row['providers']}]")
     for name, why in record["skipped"].items():
         print(f"{run_id} {name:28s} skipped: {why}")
-    if "ort_cpu_over_pytorch_cpu_p50" in record:
-        print(f"{run_id} ONNX Runtime CPU / PyTorch eager CPU p50: {record['ort_cpu_over_pytorch_cpu_p50']:.2f} "
-              f"({params.benchmark.threads} threads) -> {metrics_path(run_id)}")
-
-
-def plot(args: argparse.Namespace) -> None:
-    folder = Path("metrics") / "benchmark" / args.dataset / args.detector
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise UserError(f"{folder}: no benchmark results; run the benchmark stage first (dvc repro benchmark)")
-    out = plot_path(args.dataset, args.detector)
-    n = plot_pareto(files, out, f"{args.dataset} / {args.detector}: accuracy vs latency")
-    print(f"plotted {n} artifacts of {len(files)} models -> {out}")
+    print(f"{run_id} -> {metrics_path(run_id)}, {detections_dir(run_id)}")
 
 
 @exit_on_user_error
@@ -67,12 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("dataset")
     one.add_argument("detector")
     one.add_argument("model")
+    one.add_argument("--qat", default=None, metavar="METHOD",
+                     help="benchmark the QAT export of <model> fine-tuned with METHOD (a qat.methods entry)")
     one.add_argument("--params", default="params.yaml")
     one.set_defaults(func=run)
-    pl = sub.add_parser("plot", help="mAP50 vs latency of every benchmarked model of a dataset and detector")
-    pl.add_argument("dataset")
-    pl.add_argument("detector")
-    pl.set_defaults(func=plot)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,7 +1,9 @@
-"""DVC stage `report`: reports/summary.md from the metrics, benchmark results, tables and plots.
+"""DVC stage `report`: reports/summary.md from the metrics, benchmark results, reports/ship.json, tables and plots.
 
-One section per (dataset, detector) of params.yaml: every model's accuracy, size and speed,
-the latency of each exported artifact per backend, the distillation tables and the pictures.
+"What to ship" first (the choice per latency budget, from the ship stage), then one section per
+(dataset, detector) of params.yaml: every model's accuracy with its classes, size and PyTorch
+latency spread, the latency of each exported artifact per backend, every variant's classes, the
+distillation tables and the pictures.
 """
 from __future__ import annotations
 

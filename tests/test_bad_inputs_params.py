@@ -63,7 +63,8 @@ def test_unknown_qat_method_names_qat_methods_and_every_allowed_value(tmp_path, 
 def test_qat_model_that_is_never_trained_is_refused_at_load():
     line = refusal(lambda d: d["qat"].update(models=["gkd_bmfi-resnet18", "fgd-resnet18"]))
     assert line == ("params.yaml: qat.models names 'fgd-resnet18', which no stage trains; use a model of "
-                    "deploy.models ['gkd_bmfi-resnet18'] (QAT starts from a deployed model)")
+                    "deploy.models ['gkd_bmfi-resnet18', 'inherit_only-resnet18', 'baseline-resnet18'] (QAT starts from a "
+                    "deployed model)")
 
 
 @pytest.mark.parametrize("edit, expected", [

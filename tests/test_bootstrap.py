@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.metrics import evaluate_detections
-from pipeline.metrics.bootstrap import image_matches, paired_gain, weighted_ap50
+from pipeline.metrics.bootstrap import image_matches, joint_bootstrap, paired_gain, weighted_ap50
 from pipeline.structures import Detections
 
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
@@ -77,6 +77,23 @@ def test_interval_covers_a_real_gain_and_straddles_zero_for_equal_models():
     same = paired_gain([g], [g], resamples=100)
     assert same.mean == 0 and same.low == 0 and same.high == 0
     assert not same.excludes_zero()
+
+
+def test_joint_bootstrap_gives_every_pair_the_paired_interval():
+    """One joint resampling (the ship stage's) gives each pair the interval paired_gain gives it
+    (up to the resampling noise of 1000 draws) and each model an interval around its own AP50."""
+    coco, good = _case(2, num_images=120, quality=0.9)
+    _, bad = _case(2, num_images=120, quality=0.5)
+    g, b = image_matches(coco, good), image_matches(coco, bad)
+    joint = joint_bootstrap({"good": g, "bad": b, "copy": g}, resamples=1000)
+    pair, single = joint.gain("good", "bad"), paired_gain([g], [b], resamples=1000)
+    assert pair.mean == pytest.approx(single.mean, abs=1e-9)
+    assert pair.low == pytest.approx(single.low, abs=1.0) and pair.high == pytest.approx(single.high, abs=1.0)
+    same = joint.gain("good", "copy")
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0)
+    own = joint.interval("bad")
+    assert own.mean == pytest.approx(evaluate_detections(coco, bad)["mAP50"], abs=1e-6)
+    assert own.low < own.mean < own.high
 
 
 def test_seeds_widen_the_interval_of_the_mean_gain():

@@ -41,6 +41,12 @@ def test_committed_params_load_as_frozen_records():
     (lambda d: d["distill"].update(extra_seeds=[3, 3]), "extra_seeds has duplicates"),
     (lambda d: d["distill"]["balance"].update(mode="grad"), "distill.balance.mode = 'grad' is not allowed"),
     (lambda d: d["distill"]["balance"].update(ratio=0), "distill.balance.ratio = 0 is not allowed"),
+    (lambda d: d["deploy"].update(budgets_ms=[0, 60]),
+     "deploy.budgets_ms.0 = 0 is not allowed: input should be greater than 0"),
+    (lambda d: d["deploy"].update(budgets_ms=[60, 60.0]), "deploy.budgets_ms has duplicates (60.0); list each once"),
+    (lambda d: d["deploy"].update(budgets_ms=[float("nan")]),
+     "deploy.budgets_ms.0 = nan is not allowed: input should be a finite number"),
+    (lambda d: d["deploy"].update(budgets_ms=[]), "deploy.budgets_ms = [] is not allowed"),
 ])
 def test_bad_params_give_one_line_naming_key_value_and_rule(raw, mutate, expected):
     data = copy.deepcopy(raw)

@@ -323,6 +323,7 @@ def test_tables_compare_each_method_with_the_students_baseline(tmp_path, monkeyp
     params = load_params(REPO / "params.yaml").model_dump(mode="json")
     params["distill"].update({"teacher": "teacher-resnet101", "students": ["resnet18"],
                               "methods": ["gkd_bmfi", "mfi"]})
+    params["deploy"]["models"] = ["gkd_bmfi-resnet18"]
     params["datasets"] = ["kitti"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -331,6 +332,25 @@ def test_tables_compare_each_method_with_the_students_baseline(tmp_path, monkeyp
     assert [r["model"] for r in saved["rows"]] == ["teacher-resnet101", "baseline-resnet18", "gkd_bmfi-resnet18",
                                                    "mfi-resnet18"]
     assert Path("reports/tables/distill_kitti_gfl.md").read_text() == capsys.readouterr().out.rstrip("\n") + "\n"
+
+
+def test_tables_put_each_models_classes_beside_its_mean(tmp_path):
+    metrics = tmp_path / "metrics" / "kitti" / "gfl"
+    metrics.mkdir(parents=True)
+    kitti = {f"{c}_{d}": v for c, v in (("Car", 30.5), ("Pedestrian", 0.0), ("Cyclist", 0.0), ("mAP", 10.2))
+             for d in ("easy", "moderate", "hard")}
+    for model, per_class in (("teacher-resnet101", {"Car": 40.0, "Pedestrian": 12.0, "Cyclist": 9.0}),
+                             ("baseline-resnet18", {"Car": 20.0, "Pedestrian": 3.0, "Cyclist": 1.5}),
+                             ("gkd_bmfi-resnet18", {"Car": 32.2, "Pedestrian": 0.01, "Cyclist": 0.04})):
+        (metrics / f"{model}.json").write_text(json.dumps({
+            "mAP50": sum(per_class.values()) / 3, "voc_mAP50": 1.0, "kitti": kitti,
+            "per_class": {name: {"AP50": ap} for name, ap in per_class.items()}}))
+    text = markdown("kitti", "gfl", distill_rows(metrics, "teacher-resnet101", ("resnet18",), ("gkd_bmfi",)), [])
+    assert "#### Per class, kitti, gfl (AP at IoU 0.5, %)" in text
+    assert "| gkd_bmfi-resnet18 | 10.75 | 32.20 | 0.01 | 0.04 | Pedestrian, Cyclist |" in text
+    assert "| teacher-resnet101 | 30.5 / 30.5 / 30.5 | 0.0 / 0.0 / 0.0 | 0.0 / 0.0 / 0.0 | 10.2 / 10.2 / 10.2 |" in text
+    assert "- gkd_bmfi-resnet18 has not learned Pedestrian (AP50 0.01), Cyclist (0.04)." in text
+    assert "baseline-resnet18 has not learned" not in text
 
 
 def test_reading_says_when_the_control_reaches_the_teacher():

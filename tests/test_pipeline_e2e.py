@@ -119,6 +119,14 @@ def test_dvc_repro_quantization_aware_training(repro):
     assert [r["variant"] for r in rows] == ["fp32", "int8 PTQ", "int8 QAT", "int8 QAT+gkd_bmfi"]
     assert all("vs_ptq" in r and r["p50_ms"] > 0 for r in rows[2:]) and "vs_fp32" in rows[1]
     assert "### Quantization-aware training (int8)" in (root / "reports" / "summary.md").read_text()
+    # the QAT exports are benchmarked and ranked with every other exported variant
+    ship = json.loads((root / "reports" / "ship.json").read_text())["datasets"]["synthetic"]
+    keys = {c["key"] for c in ship["candidates"]}
+    assert {"gfl/gkd_bmfi-resnet18/QAT/onnxruntime-cpu-int8", "gfl/gkd_bmfi-resnet18/QAT+gkd_bmfi/onnxruntime-cpu-int8",
+            "gfl/baseline-resnet18/none/pytorch-cpu-fp32", "gfl/gkd_bmfi-resnet18/PTQ/onnxruntime-cpu-int8"} <= keys
+    assert len(ship["choices"]) == 3 and (root / "plots" / "benchmark" / "synthetic_gfl.png").is_file()
+    assert (root / "reports" / "summary.md").read_text().startswith("# Summary") and \
+        "## What to ship" in (root / "reports" / "summary.md").read_text()
 
 
 def test_second_repro_is_up_to_date_and_metrics_are_listed(repro):
@@ -152,10 +160,13 @@ def test_edits_rerun_only_the_stages_they_change(repro):
     # a new model in deploy.models adds its own export and benchmark; every existing stage stays put
     added = stale_stages(root, env, lambda p: p["deploy"]["models"].append("inherit_only-resnet18"))
     assert added == {"export@synthetic-gfl-inherit_only-resnet18", "benchmark@synthetic-gfl-inherit_only-resnet18"}
-    # benchmark.iters touches the stages that time: the benchmarks and the QAT table
+    # benchmark.iters touches the stages that time: the benchmarks (QAT exports' too) and the QAT table
     iters = stale_stages(root, env, lambda p: p["benchmark"].update(iters=4))
     assert iters == {"benchmark@synthetic-gfl-baseline-resnet18", "benchmark@synthetic-gfl-gkd_bmfi-resnet18",
-                     "qat_tables@synthetic-gfl"}
+                     "benchmark_qat@synthetic-gfl-gkd_bmfi-resnet18-none",
+                     "benchmark_qat@synthetic-gfl-gkd_bmfi-resnet18-gkd_bmfi", "qat_tables@synthetic-gfl"}
+    # a latency budget changes the choice only
+    assert stale_stages(root, env, lambda p: p["deploy"].update(budgets_ms=[1000])) == {"ship"}
     # qat.lr retrains the QAT students only
     lr = stale_stages(root, env, lambda p: p["qat"].update(lr=0.002))
     assert lr == {"qat@synthetic-gfl-gkd_bmfi-resnet18-none", "qat@synthetic-gfl-gkd_bmfi-resnet18-gkd_bmfi"}

@@ -1,4 +1,4 @@
-"""Latency and throughput of one callable, and the mAP-versus-latency (Pareto) plot.
+"""Latency and throughput of one callable (the mAP-versus-latency plot: :mod:`pipeline.report.pareto`).
 
 Protocol (DEPLOY.md section 5): ``warmup`` untimed calls, then ``iters`` calls timed one by one
 with ``time.perf_counter`` (GPU backends pass ``sync`` so the clock stops when the device is
@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-from pipeline.io import read_json
 
 
 def time_calls(fn: Callable[[], object], warmup: int, iters: int,
@@ -49,7 +45,7 @@ def measure_interleaved(contestants: dict[str, tuple[Callable[[], object], Calla
                                                      Callable[[], None] | None]],
                         batch: int, warmup: int, iters: int, batch_iters: int, rounds: int = 3) -> dict[str, dict]:
     """:func:`measure` for several backends, timed in alternating rounds so that a change of
-    background load during the run hits every backend alike (ratios stay meaningful).
+    background load during the run hits every backend alike (their spreads stay comparable).
 
     Args:
         contestants: name -> ``(single call, batched call, sync or None)``.
@@ -70,65 +66,3 @@ def measure_interleaved(contestants: dict[str, tuple[Callable[[], object], Calla
         result.update({"batch_p50_ms": p50, "throughput_ips": batch * 1000.0 / p50})
         out[key] = result
     return out
-
-
-def pareto_points(records: list[dict[str, Any]]) -> list[tuple[str, str, float, float]]:
-    """``(model, backend, p50_ms, mAP50)`` of every benchmarked artifact that has both numbers."""
-    points = []
-    for rec in records:
-        for backend, row in rec.get("backends", {}).items():
-            if "p50_ms" in row and "mAP50" in row:
-                points.append((rec["model"], backend, float(row["p50_ms"]), float(row["mAP50"])))
-    return points
-
-
-def pareto_front(points: list[tuple[str, str, float, float]]) -> list[tuple[str, str, float, float]]:
-    """Points not beaten by another that is both faster (or equal) and more accurate (or equal)."""
-    front = []
-    for p in points:
-        dominated = any(q[2] <= p[2] and q[3] >= p[3] and (q[2] < p[2] or q[3] > p[3]) for q in points)
-        if not dominated:
-            front.append(p)
-    return sorted(front, key=lambda p: p[2])
-
-
-def plot_pareto(json_files: list[Path], png: Path, title: str) -> int:
-    """Scatter mAP50 against batch-1 p50 latency (log x) for every artifact in ``json_files``,
-    one colour per model, the Pareto front as a line; returns the number of points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [read_json(Path(f), "the benchmark stage (dvc repro)") for f in sorted(json_files)]
-    points = pareto_points(records)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    models = sorted({p[0] for p in points})
-    for i, model in enumerate(models):
-        mine = [p for p in points if p[0] == model]
-        ax.scatter([p[2] for p in mine], [p[3] for p in mine], label=model, color=f"C{i}")
-        for _, backend, x, y in mine:
-            ax.annotate(backend, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = pareto_front(points)
-    if front:
-        ax.plot([p[2] for p in front], [p[3] for p in front], color="grey", linestyle="--", linewidth=1,
-                label="Pareto front")
-    if points:
-        from matplotlib.ticker import FormatStrFormatter
-
-        ax.set_xscale("log")
-        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-            axis(FormatStrFormatter("%g"))
-        ax.legend(fontsize=8)
-    ax.set_xlabel("latency p50 at batch 1 (ms, log scale)")
-    ax.set_ylabel("mAP50 on val (%)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(png)
-    return len(points)

@@ -12,9 +12,16 @@ Backends (a name is ``<runtime>-<device>-<precision>``):
 What is timed: one call of the model on already preprocessed inputs (network, decode, NMS;
 GPU backends include the host-device copies of inputs and outputs); image decoding and
 resizing are excluded. Backends are timed in alternating rounds, so background load hits all
-alike. Each row carries the mAP50 of that artifact on the val split: for ``pytorch-cpu`` and
-``onnxruntime-cpu`` the numbers the export stage measured on the same images with the same
-backend (``mAP50_source: export``), for GPU backends measured in this run.
+alike. Each row carries the mAP50 of that artifact on the val split, on the runtime timed: for
+``pytorch-cpu`` the number the export stage measured (``mAP50_source: export``); every ONNX
+Runtime and TensorRT backend runs over val in this run (``this run``) and, given a folder, its
+detections are written there as ``<backend>.npz`` (:func:`pipeline.metrics.bootstrap.save_detections`)
+for the paired intervals of the ship stage. A TensorRT-targeted int8 file on ONNX Runtime CPU is
+thus scored with onnxruntime's fused integer kernels, which is what was timed (the export's
+manifest scores it with its Q/DQ as written, the arithmetic TensorRT implements).
+
+A QAT export (``model=None``) has no PyTorch backend: its fake-quant model is a training device,
+not a deployment runtime.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from pipeline.deploy.runtime import DeployedDetector, OnnxBackend
 from pipeline.engine.inference import evaluate_model
 from pipeline.errors import UserError
 from pipeline.metrics import evaluate_detections
+from pipeline.metrics.bootstrap import save_detections
 from pipeline.models.detector import Detector
 from pipeline.structures import Batch
 
@@ -46,7 +54,8 @@ GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecution
 
 @dataclass
 class Contestant:
-    """One backend to time: its calls, the providers it really uses and its accuracy."""
+    """One backend to time: its calls, the providers it really uses and its accuracy: either an
+    mAP50 measured earlier (``accuracy``) or its val detections, computed only if it runs."""
 
     single: Callable[[], object]
     batched: Callable[[], object]
@@ -54,16 +63,12 @@ class Contestant:
     providers: list[str]
     accuracy: Callable[[], float | None]     # mAP50 on val, computed only if the backend runs
     source: str                              # where that mAP50 comes from
+    detections: Callable[[], dict] | None = None   # image id -> Detections over val on this backend
 
 
 def _known(value: float | None) -> float | None:
     """An accuracy measured earlier (the export stage's)."""
     return value
-
-
-def _val_map50(backend, val: CuratedDataset, batch: int) -> float:
-    """mAP50 of an array backend (``run(images, sizes)``) over the val split."""
-    return evaluate_detections(val.coco, backend_detections(backend, val, batch))["mAP50"]
 
 
 def _torch_map50(model: Detector, val: CuratedDataset, device: torch.device,
@@ -145,11 +150,8 @@ def _onnx(folder: Path, manifest: dict, val: CuratedDataset, small: Batch, big: 
                 skipped[key] = f"{provider} listed but the session runs on {backend.providers[0]} (no GPU?)"
                 continue
             one, many = _array_calls(backend.run, small, big, dynamic)
-            if device == "cpu":
-                accuracy, source = partial(_known, entry.get("eval", {}).get("mAP50")), "export"
-            else:
-                accuracy, source = partial(_val_map50, backend, val, eval_batch if dynamic else 1), "this run"
-            out[key] = Contestant(one, many, None, backend.providers, accuracy, source)
+            out[key] = Contestant(one, many, None, backend.providers, partial(_known, None), "this run",
+                                  partial(backend_detections, backend, val, eval_batch if dynamic else 1))
 
 
 def _engines(folder: Path, manifest: dict, val: CuratedDataset, small: Batch, big: Batch, eval_batch: int,
@@ -163,20 +165,22 @@ def _engines(folder: Path, manifest: dict, val: CuratedDataset, small: Batch, bi
         det = DeployedDetector(folder / name)
         one, many = _array_calls(det.run, small, big, True)
         batch = min(eval_batch, det.max_batch)
-        out[f"tensorrt-{det.precision}"] = Contestant(one, many, None, det.providers,
-                                                      partial(_val_map50, det, val, batch), "this run")
+        out[f"tensorrt-{det.precision}"] = Contestant(one, many, None, det.providers, partial(_known, None),
+                                                      "this run", partial(backend_detections, det, val, batch))
 
 
-def run_suite(model: Detector, folder: Path, val: CuratedDataset, bp: BenchmarkParams,
-              eval_batch: int) -> dict[str, Any]:
-    """Benchmark the export in ``folder`` (and ``model``, its PyTorch source); the metrics record."""
+def run_suite(model: Detector | None, folder: Path, val: CuratedDataset, bp: BenchmarkParams,
+              eval_batch: int, detections_dir: Path | None = None) -> dict[str, Any]:
+    """Benchmark the export in ``folder`` (and ``model``, its PyTorch source; ``None`` for a QAT
+    export); the metrics record. ``detections_dir``: where each ONNX Runtime / TensorRT backend's
+    val detections are written (``<backend>.npz``)."""
     manifest = read_manifest(folder)
     torch.set_num_threads(bp.threads)
-    model = model.eval().cpu()
     small, big = _inputs(val, 1), _inputs(val, bp.throughput_batch)
     found: dict[str, Contestant] = {}
     skipped: dict[str, str] = {}
-    _torch(model, manifest, val, small, big, eval_batch, found, skipped)
+    if model is not None:
+        _torch(model.eval().cpu(), manifest, val, small, big, eval_batch, found, skipped)
     _onnx(folder, manifest, val, small, big, bp, eval_batch, found, skipped)
     _engines(folder, manifest, val, small, big, eval_batch, found, skipped)
     runnable = {}
@@ -193,11 +197,17 @@ def run_suite(model: Detector, folder: Path, val: CuratedDataset, bp: BenchmarkP
     for key, c in runnable.items():
         row: dict[str, Any] = {**timings[key], "providers": ",".join(c.providers)}
         map50 = c.accuracy()
+        if c.detections is not None:
+            dets = c.detections()
+            map50 = evaluate_detections(val.coco, dets)["mAP50"]
+            if detections_dir is not None:
+                save_detections(Path(detections_dir) / f"{key}.npz", dets)
         if map50 is not None:
             row.update({"mAP50": float(map50), "mAP50_source": c.source})
         rows[key] = row
     record: dict[str, Any] = {
-        **{k: manifest["model"][k] for k in ("dataset", "detector", "model", "backbone")},
+        **{k: manifest["model"][k] for k in ("dataset", "detector", "model", "backbone", "parent", "qat_method")
+           if k in manifest["model"]},
         "input_hw": list(manifest["input"]["shape"][2:]),
         "cpu_threads": bp.threads, "warmup_iters": bp.warmup_iters, "iters": bp.iters,
         "throughput_batch": bp.throughput_batch, "throughput_iters": bp.throughput_iters,
@@ -209,7 +219,4 @@ def run_suite(model: Detector, folder: Path, val: CuratedDataset, bp: BenchmarkP
         "backends": rows,
         "skipped": skipped,
     }
-    eager, onnx_cpu = rows.get("pytorch-cpu-fp32"), rows.get("onnxruntime-cpu-fp32")
-    if eager and onnx_cpu:
-        record["ort_cpu_over_pytorch_cpu_p50"] = onnx_cpu["p50_ms"] / eager["p50_ms"]
     return record

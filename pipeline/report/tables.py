@@ -11,6 +11,10 @@ val images (:mod:`pipeline.metrics.bootstrap`, from the evaluate stages' detecti
 student's baseline, and over the inherit-only control (``inherit_only``: the teacher's neck and
 head, no KD term), which is the method's own contribution. The KD weights as balanced
 (``distill.balance``) are listed per model, so a run can be repeated with ``mode: paper``.
+
+Every mean has its classes beside it (:mod:`pipeline.report.per_class`): per-class AP50 of
+each model, KITTI easy/moderate/hard AP40 on KITTI-format data, and a plain line for each model
+that has not learned a class (AP50 below 1).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from pipeline.errors import UserError
 import numpy as np
 
 from pipeline.metrics.bootstrap import ImageMatches, paired_gain, weighted_ap50
+from pipeline.report.per_class import per_class_markdown
 
 #: the control every KD method is also compared with
 CONTROL = "inherit_only"
@@ -77,6 +82,7 @@ def _row(metrics_dir: Path, model: str, role: str, backbone: str, baseline: dict
            "mAP50": None if m is None else float(m["mAP50"]),
            "voc_mAP50": None if m is None else float(m["voc_mAP50"]),
            "params_M": None if m is None else m.get("params_M"),
+           "per_class": (m or {}).get("per_class"), "kitti": (m or {}).get("kitti"),
            "kd_weights": balance.get("weights") or None, "kd_balance": balance.get("mode"),
            "kd_factor": balance.get("factor"), "kd_group_factors": balance.get("group_factors"),
            "kd_term_ratios": balance.get("term_ratios") or None}
@@ -199,6 +205,9 @@ def markdown(dataset: str, detector: str, rows: list[dict[str, Any]], ablation: 
                      f"{_fmt(r['mAP50_gain'], True)} | {_fmt(r['voc_mAP50'])} | {_fmt(r['voc_mAP50_gain'], True)} "
                      f"| {params} |")
     lines += ["", "Gains are against the same student's baseline (percentage points)."]
+    per_class = per_class_markdown([(r["model"], r) for r in rows])
+    if per_class:
+        lines += ["", f"#### Per class, {dataset}, {detector} (AP at IoU 0.5, %)", "", *per_class]
     compared = [r for r in rows if r["role"] != "teacher"]
     if any(r.get("ci_vs_baseline") or r.get("kd_weights") for r in compared):
         seeds = max((r.get("seeds") or 1) for r in compared)
