@@ -310,7 +310,7 @@ def test_class_names_shorter_than_the_models_classes_are_refused(tmp_path, capsy
     from pipeline.deploy.runtime import DeployedDetector
 
     labels = {int(j) for f in frames.iterdir()
-              for j in DeployedDetector(export_copy).detect(np.asarray(Image.open(f).convert("RGB"))).labels}
+              for j in DeployedDetector(export_copy).detect(np.asarray(Image.open(f).convert("RGB")), 0.0).labels}
     assert max(labels) >= 1, "the tiny export should find more than its first class at score 0"
     edited(export_copy, lambda m: m.update(class_names=m["class_names"][:1]))
     err = refused(capsys, ["detect", str(export_copy), str(frames), "--out", str(tmp_path / "out"), "--score", "0"])

@@ -61,7 +61,7 @@ def test_detections_match_the_pytorch_model_on_val_images(world, artifact):  # n
     det = DeployedDetector(export_folder() / artifact, providers=["CPUExecutionProvider"], threads=1)
     assert det.providers == ["CPUExecutionProvider"]
     assert det.precision == ("fp32" if artifact == "model.onnx" else "int8")
-    found = det.detect_batch(_val_images(val))
+    found = det.detect_batch(_val_images(val), score_threshold=0.0)
     ref = predict_dataset(tiny_model("gfl"), val, torch.device("cpu"), batch_size=4, progress=False)
     total = 0
     for record, got in zip(val.images, found):
@@ -144,9 +144,9 @@ def test_empty_batches_bgr_frames_and_the_score_threshold(world):  # noqa: F811
     num, boxes, scores, labels = det.run(np.zeros((0, 3, *det.input_hw), np.float32), np.zeros((0, 2), np.float32))
     assert num.shape == (0, 1) and boxes.shape == (0, 0, 4) and scores.shape == labels.shape == (0, 0)
     rgb = _val_images(val)[0]
-    plain = det.detect(rgb)
+    plain = det.detect(rgb, score_threshold=0.0)
     assert len(plain) > 0
-    as_bgr = det.detect(np.ascontiguousarray(rgb[..., ::-1]), bgr=True)      # a camera frame in BGR
+    as_bgr = det.detect(np.ascontiguousarray(rgb[..., ::-1]), score_threshold=0.0, bgr=True)      # a camera frame in BGR
     np.testing.assert_array_equal(as_bgr.boxes, plain.boxes)
     np.testing.assert_array_equal(as_bgr.scores, plain.scores)
     cut = float(np.median(plain.scores))

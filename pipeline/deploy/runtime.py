@@ -3,9 +3,9 @@
     from pipeline.deploy.runtime import DeployedDetector
     det = DeployedDetector("exports/kitti/gfl/gkd_bmfi-resnet18")             # model.onnx
     det = DeployedDetector("exports/kitti/gfl/gkd_bmfi-resnet18/model-int8.onnx")
-    found = det.detect(rgb)          # rgb: [H, W, 3] uint8
+    found = det.detect(rgb)          # rgb: [H, W, 3] uint8; scores >= 0.3 (DEFAULT_SCORE_THRESHOLD)
     found.boxes, found.scores, found.names    # x1,y1,x2,y2 in the image's own pixels
-    found = det.detect(frame, bgr=True, score_threshold=0.3)   # an OpenCV/camera BGR frame
+    found = det.detect(frame, bgr=True, score_threshold=0.5)   # an OpenCV/camera BGR frame
 
 Dependencies: numpy (the training resize, :func:`pipeline.data.transforms.resize_bilinear`, so
 preprocessing is bit-identical; cv2.INTER_LINEAR reproduces it within one grey level) and
@@ -37,6 +37,9 @@ from pipeline.data import transforms as T
 from pipeline.deploy.manifest import artifact_entry, check_engine_compat, read_manifest
 from pipeline.errors import UserError
 
+#: The score a detection must reach by default, in ``DeployedDetector.detect``/``detect_batch`` and
+#: ``gkd-bmfi detect --score`` alike (the graph itself keeps boxes from its NMS score threshold up).
+DEFAULT_SCORE_THRESHOLD = 0.3
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_TRT_CACHE = "ort-trt-cache"
 
@@ -389,14 +392,15 @@ class DeployedDetector:
         with self._lock:   # one session / execution context and stream: calls take turns
             return self.backend.run(np.ascontiguousarray(images, np.float32), np.ascontiguousarray(sizes, np.float32))
 
-    def detect_batch(self, images: Sequence[np.ndarray], score_threshold: float = 0.0,
+    def detect_batch(self, images: Sequence[np.ndarray], score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                      bgr: bool = False) -> list[ImageDetections]:
         """Detections of each ``[H, W, 3]`` uint8 image, in its own pixels.
 
         Args:
             images: RGB images (BGR with ``bgr=True``, as OpenCV and most camera drivers give).
-            score_threshold: keep detections scoring at least this (in ``[0, 1]``; the graph
-                already drops those below its own test threshold).
+            score_threshold: keep detections scoring at least this, in ``[0, 1]``; default 0.3
+                (:data:`DEFAULT_SCORE_THRESHOLD`, as ``gkd-bmfi detect``); 0 keeps every box the
+                graph gives (it drops those below its own NMS score threshold, 0.05 for GFL).
             bgr: the images are BGR; they are flipped to RGB before preprocessing.
         """
         score_threshold = check_score_threshold(score_threshold)
@@ -427,7 +431,9 @@ class DeployedDetector:
                             "of the model, re-run the export stage")
         return tuple(self.class_names[j] for j in labels)
 
-    def detect(self, image: np.ndarray, score_threshold: float = 0.0, bgr: bool = False) -> ImageDetections:
+    def detect(self, image: np.ndarray, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+               bgr: bool = False) -> ImageDetections:
         """Detections of one ``[H, W, 3]`` uint8 image (RGB, or BGR with ``bgr=True``), in its own
-        pixels, scoring at least ``score_threshold``."""
+        pixels, scoring at least ``score_threshold`` (default 0.3, :data:`DEFAULT_SCORE_THRESHOLD`,
+        the same as ``gkd-bmfi detect``; 0 keeps every box the graph gives)."""
         return self.detect_batch([image], score_threshold, bgr)[0]
