@@ -2,6 +2,7 @@
 
     gkd-bmfi select --budget-ms 80 [--ship reports/ship.json] [--dataset synthetic]
     gkd-bmfi info exports/synthetic/gfl/gkd_bmfi-resnet18
+    gkd-bmfi build exports/synthetic/gfl/gkd_bmfi-resnet18 [--precision fp32 fp16 int8]   # on the target
     gkd-bmfi detect exports/synthetic/gfl/gkd_bmfi-resnet18 frames/ --out detections/ [--variant model-int8-cpu.onnx]
                     [--score 0.3] [--overwrite]            # frames/: images and/or videos (.mp4 .avi .mov .mkv)
 
@@ -34,6 +35,11 @@ drawing) and a ``.gkd-bmfi-detect`` marker. ``--out`` must be a new or empty fol
 replaces only a folder holding that marker (an earlier ``detect`` output). Nothing else is ever
 replaced: not the working directory or a folder above it, a git repository, an export folder or a
 folder holding the inputs. A failed run leaves ``--out`` as it was.
+
+``build`` builds TensorRT engines from the export's ONNX files on the machine that will run them
+(:mod:`pipeline.deploy.target_build`: the export stage's settings, recorded in the manifest with
+the GPU and TensorRT version) and prints the equivalent ``trtexec`` line; without TensorRT it
+prints those lines and one line saying so (exit 2).
 
 No command imports torch. Bad input ends with one line and exit status 2.
 """
@@ -269,6 +275,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--score", type=float, default=DEFAULT_SCORE_THRESHOLD,
                      help=f"minimum score drawn (default {DEFAULT_SCORE_THRESHOLD}, as DeployedDetector.detect)")
     run.add_argument("--threads", type=int, default=None)
+    make = sub.add_parser("build", help="build TensorRT engines from the export's ONNX files, on this machine")
+    make.add_argument("export", type=Path, help=EXPORT_HELP)
+    make.add_argument("--precision", nargs="+", choices=("fp32", "fp16", "int8"), default=None,
+                      help="engines to build (default: every precision the export has an ONNX file for TensorRT)")
+    make.add_argument("--max-batch", type=int, default=None,
+                      help="largest batch of a dynamic-batch export (default: the manifest's profile, else 8)")
+    make.add_argument("--opt-batch", type=int, default=None, help="batch to optimise for (default: manifest's, else 1)")
+    make.add_argument("--workspace-mib", type=int, default=None, help="builder workspace (default: manifest's, else 2048)")
     return top
 
 
@@ -280,6 +294,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "info":
         print(summary(args.export, args.benchmark))
+        return
+    if args.command == "build":
+        from pipeline.deploy.target_build import build
+
+        folder, _ = find_export(args.export)
+        built = build(folder, args.precision, args.max_batch, args.opt_batch, args.workspace_mib,
+                      say=lambda line: print(line, flush=True))
+        print(f"built {', '.join(built)} in {folder}; recorded in its manifest.json")  # pragma: no cover - TensorRT
         return
     records = detect(args.export, args.images, args.out, args.variant, args.score, args.threads, args.overwrite)
     print(f"{timing_summary(records)} -> {args.out}", file=sys.stdout)

@@ -287,7 +287,8 @@ def check_engine_compat(entry: dict[str, Any], file_name: str, tensorrt_version:
     """
     if entry["tensorrt_version"] != tensorrt_version:
         raise UserError(f"{file_name}: engine built with TensorRT {entry['tensorrt_version']} but TensorRT "
-                        f"{tensorrt_version} is installed; rebuild it on this machine (dvc repro export)")
+                        f"{tensorrt_version} is installed; rebuild it on this machine (gkd-bmfi build <export folder>)")
     if entry["compute_capability"] != compute_capability or entry["gpu_name"] != gpu_name:
         raise UserError(f"{file_name}: engine built for {entry['gpu_name']} (sm {entry['compute_capability']}) "
-                        f"but this GPU is {gpu_name} (sm {compute_capability}); rebuild it on this machine")
+                        f"but this GPU is {gpu_name} (sm {compute_capability}); rebuild it on this machine "
+                        "(gkd-bmfi build <export folder>)")
