@@ -39,8 +39,8 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise UserError("reading videos needs OpenCV: pip install opencv-python-headless (or give the frames as "
-                        "images)") from None
+        raise UserError("reading videos needs OpenCV: pip install 'gkd-bmfi[video]' (opencv-python-headless), "
+                        "or give the frames as images") from None
     return cv2
 
 
