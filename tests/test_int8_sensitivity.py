@@ -158,3 +158,18 @@ def test_bad_sensitivity_params_end_in_one_line(key, value, words):
     with pytest.raises(UserError, match=words) as info:
         tiny_params(**{key: value})
     assert "\n" not in str(info.value)
+
+
+def test_summary_shows_each_exported_models_table():
+    from pipeline.report.summary import section
+
+    root = export_folder().parents[3]
+    text = section("tiny", "gfl", root, root / "reports")
+    table = text.split("### int8 sensitivity per layer group")[1]
+    record = read_manifest(export_folder())["int8_sensitivity"]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| layer", "| ---"))]
+    assert [r.split(" | ")[0][2:] for r in rows] == GFL_GROUPS
+    logits = next(r for r in rows if r.startswith("| gfl.cls_logits "))
+    row = next(r for r in record["rows"] if r["group"] == "gfl.cls_logits")
+    assert f"| {row['int8_alone_drop']:.2f} | {row['float32_alone_drop']:.2f} | yes |" in logits
+    assert "(`deploy.int8_float32: score_layers`): gfl.cls_logits, gfl.reg_logits, drop" in table
