@@ -361,6 +361,14 @@ class DeployParams(Record):
     ``budgets_ms``: latency budgets in milliseconds of batch-1 p90 on the benchmark's hardware; for
     each, ``reports/ship.json`` and the summary name the most accurate exported variant that fits
     (:mod:`pipeline.report.ship`).
+
+    ``int8_float32``: which Conv/Gemm layers both int8 files keep in float32: ``score_layers`` (the
+    logit layers, :func:`pipeline.deploy.precision.score_layers`) or ``auto`` (the smallest set of
+    layer groups, chosen greedily from the int8 sensitivity table starting from the score layers,
+    whose measured drop stays within ``int8_max_drop`` mAP50 points of fp32:
+    :mod:`pipeline.deploy.int8_sensitivity`). The table itself (per layer group, the drop with it
+    alone in int8 and alone in float32) is measured whenever an int8 precision is exported, on
+    ``int8_sensitivity_images`` val images spread over the split (all of val when it has fewer).
     """
 
     models: Annotated[tuple[Annotated[str, Field(pattern=EXPORT_MODEL_NAME)], ...], Field(min_length=1)] = (
@@ -378,6 +386,9 @@ class DeployParams(Record):
     budgets_ms: Annotated[tuple[Annotated[float, Field(gt=0.0, le=3_600_000.0, allow_inf_nan=False)], ...],
                           Field(min_length=1)] = (
         50.0, 80.0, 160.0)
+    int8_float32: Literal["score_layers", "auto"] = "score_layers"
+    int8_max_drop: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] = 0.5
+    int8_sensitivity_images: Annotated[int, Field(ge=1, le=100_000)] = 50
 
     @model_validator(mode="after")
     def _fp32_first(self) -> "DeployParams":

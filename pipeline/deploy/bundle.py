@@ -21,9 +21,11 @@ from pipeline.config import Params
 from pipeline.data import transforms as T
 from pipeline.data.dataset import CuratedDataset, spread_indices
 from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx, output_shapes
+from pipeline.deploy.int8_sensitivity import (choose_float32, graph_drop, groups_of_nodes, layer_groups,
+                                              sensitivity_table, val_subset)
 from pipeline.deploy.manifest import FORMAT, conventions_record, preprocessing_record, sha256, write_manifest
 from pipeline.deploy.parity import backend_detections, camera_record, camera_split, check_parity, parity_report
-from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
+from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, score_layers, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
 from pipeline.deploy.trt_readiness import check_graph, require_ready
@@ -82,6 +84,49 @@ def _evaluate_int8(path: Path, val: CuratedDataset, batch_size: int) -> tuple[di
     if "mAP50" in evaluation and "mAP50" in fused:
         evaluation["onnxruntime_fused_mAP50"] = fused["mAP50"]
     return evaluation, dets
+
+
+def int8_float32(fp32: Path, params: Params, val: CuratedDataset, train: CuratedDataset) -> tuple[list[str], dict]:
+    """The Conv/Gemm nodes the int8 files keep in float32 (``deploy.int8_float32``) and the manifest's
+    ``int8_sensitivity`` record: the layer-group table (:mod:`pipeline.deploy.int8_sensitivity`)
+    measured with an all-int8 TensorRT-recipe graph (one calibration) scored with its Q/DQ as
+    written on ``deploy.int8_sensitivity_images`` val images, and the chosen groups with how."""
+    deploy = params.deploy
+    graph = onnx.load(str(fp32))
+    groups = layer_groups(graph)
+    scores = score_layers(graph)
+    subset = val_subset(val, deploy.int8_sensitivity_images)
+    batch_size = eval_batch(params)
+
+    def map50_of(path: Path, as_written: bool = True) -> float:
+        evaluation, _ = _evaluate_onnx(path, subset, batch_size, None, qdq_as_written=as_written)
+        if "mAP50" not in evaluation:
+            raise UserError(f"{fp32}: int8 sensitivity: {evaluation['skipped']}")
+        return evaluation["mAP50"]
+
+    with tempfile.TemporaryDirectory(prefix="int8-all-") as tmp:
+        every = Path(tmp) / "all-int8.onnx"
+        feeds, count = calibration_feeds(train, deploy.calib_images)
+        to_int8(fp32, every, feeds, count, deploy.calib_method, "tensorrt", float32_layers=[],
+                float32_rule="none: every Conv/Gemm int8")
+        fp32_map50 = map50_of(fp32, as_written=False)
+        drop = graph_drop(every, fp32, groups, fp32_map50, map50_of)
+        table = sensitivity_table(groups, drop)
+        start = groups_of_nodes(groups, scores)
+        if deploy.int8_float32 == "auto":
+            choice = choose_float32(table, start, drop, deploy.int8_max_drop)
+            chosen = [n for g in choice["float32_groups"] for n in groups[g]]
+        else:
+            choice = {"float32_groups": start, "drop": drop(frozenset(start))}
+            chosen = scores
+    record = {"split": "val", "num_images": len(subset),
+              "images": "deploy.int8_sensitivity_images val images spread evenly over the split (all of val if fewer)",
+              "arithmetic": "TensorRT int8 recipe, Q/DQ as written (session.disable_quant_qdq = 1), one calibration",
+              "drop": "fp32 mAP50 - variant mAP50 on these images, mAP50 points (positive: int8 is worse)",
+              "fp32_mAP50": fp32_map50, "groups": {g: len(nodes) for g, nodes in groups.items()},
+              "score_layer_groups": start, **table,
+              "float32": {"rule": deploy.int8_float32, "max_drop": deploy.int8_max_drop, **choice}}
+    return chosen, record
 
 
 def _parity_gate(model: Detector, path: Path, val: CuratedDataset, params: Params, info: ExportInfo,
@@ -190,6 +235,9 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
 
     artifacts: dict[str, dict[str, Any]] = {
         fp32.name: {"kind": "onnx", "precision": "fp32", "recipe": {"precision": "fp32"}, "eval": onnx_eval}}
+    sensitivity = None
+    if {"int8", "int8_cpu"} & set(deploy.precisions):
+        float32_layers, sensitivity = int8_float32(fp32, params, val, train)
     for precision in deploy.precisions:
         if precision == "fp32":
             continue
@@ -199,7 +247,8 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
         else:
             train_feeds, count = calibration_feeds(train, deploy.calib_images)
             recipe = to_int8(fp32, path, train_feeds, count, deploy.calib_method,
-                             "cpu" if precision == "int8_cpu" else "tensorrt")
+                             "cpu" if precision == "int8_cpu" else "tensorrt", float32_layers, deploy.int8_float32)
+            recipe["float32_groups"] = sensitivity["float32"]["float32_groups"]
         if precision == "int8":
             evaluation, _ = _evaluate_int8(path, val, batch_size)
         else:
@@ -209,6 +258,8 @@ def export_bundle(model: Detector, folder: Path, params: Params, val: CuratedDat
         artifacts[path.name] = {"kind": "onnx", "precision": precision, "recipe": recipe, "eval": evaluation}
     tensorrt = _check_and_build(folder, artifacts, params)
     manifest = manifest_record(params, val, identity, checkpoint, info, torch_dets, report, artifacts, tensorrt)
+    if sensitivity is not None:
+        manifest["int8_sensitivity"] = sensitivity
     write_manifest(folder, manifest)
     return manifest
 

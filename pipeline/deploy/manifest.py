@@ -20,6 +20,8 @@ prepended to the artifacts themselves (TensorRT plans stay pure)::
                     (what the file is for), tensorrt_readiness (ONNX files: the TensorRT 10 parser
                     check, pipeline/deploy/trt_readiness.py), profile (engines), ...}
     tensorrt        {"skipped": why} or the build environment (version, GPU, compute capability)
+    int8_sensitivity  (int8 exports) per layer group the mAP50 drop alone int8 / alone float32, the
+                    float32 groups of the int8 files, rule and steps (pipeline.deploy.int8_sensitivity)
     conventions     what a consumer needs beyond shapes (:func:`conventions_record`): box format and
                     the mapping to the original image, label -> class name, what a score is, the
                     outputs' static shapes, and the arithmetic (runtime, session options) behind

@@ -239,7 +239,8 @@ def quantized_inputs_only(graph: onnx.ModelProto) -> int:
 
 
 def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_images: int,
-            method: str = "minmax", target: str = "tensorrt") -> dict:
+            method: str = "minmax", target: str = "tensorrt", float32_layers: Iterable[str] | None = None,
+            float32_rule: str = "score_layers") -> dict:
     """Write the INT8 QDQ variant of ``src`` to ``dst``, calibrated on ``feeds``.
 
     Args:
@@ -248,14 +249,19 @@ def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_im
         method: ``minmax`` | ``percentile`` | ``entropy`` calibration.
         target: ``tensorrt`` (symmetric int8, float32 biases) or ``cpu`` (uint8 activations,
             int8 weights, int32 biases: ONNX Runtime's integer kernels).
+        float32_layers: Conv/Gemm node names left in float32 (None: :func:`score_layers`; an empty
+            list quantizes every Conv/Gemm); ``float32_rule`` says where they came from (recipe).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     graph = onnx.load(str(src))
-    scores = set(score_layers(graph))
+    scores = set(score_layers(graph) if float32_layers is None else float32_layers)
     nodes = [n.name for n in graph.graph.node if n.op_type in QUANTIZED_OPS and n.name not in scores]
+    if not nodes:       # quantize_static reads an empty node list as "every node"
+        raise UserError(f"{src}: int8 export with every Conv/Gemm kept float32 ({float32_rule}) has nothing "
+                        "to quantize; raise deploy.int8_max_drop or set deploy.int8_float32: score_layers")
     cpu = target == "cpu"
     options = ({"ActivationSymmetric": False, "WeightSymmetric": True} if cpu else
                {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
@@ -277,6 +283,6 @@ def to_int8(src: Path, dst: Path, feeds: Iterator[dict[str, np.ndarray]], num_im
             "activations": "uint8 asymmetric per tensor" if cpu else "int8 symmetric per tensor, inputs of Conv/Gemm",
             "weights": "int8 symmetric per channel", "bias": "int32" if cpu else "float32",
             "calibration": method, "calibration_images": num_images, "calibration_split": "train",
-            "quantized_nodes": len(nodes), "float32_layers": sorted(scores),
-            "float32_kept": "score layers (logits of the sigmoid/softmax), sigmoid, distribution integral, box decode, "
+            "quantized_nodes": len(nodes), "float32_layers": sorted(scores), "float32_rule": float32_rule,
+            "float32_kept": f"the float32_layers ({float32_rule}), sigmoid, distribution integral, box decode, "
                             "top-k, NMS"}

@@ -8,6 +8,8 @@ Reads what the other stages wrote (ARCHITECTURE.md's output contract), nothing e
 * ``metrics/benchmark/<dataset>/<detector>/<model>.json`` (benchmark): per backend and
   precision the latency percentiles (ms) at batch 1, throughput and that artifact's mAP50;
   (QAT exports: ``.../qat/<method>/<model>.json``);
+* ``exports/<dataset>/<detector>/<model>/manifest.json`` (export): the int8 sensitivity table
+  per layer group (:mod:`pipeline.report.int8_table`);
 * ``reports/ship.json`` (ship stage): every exported variant's accuracy with intervals and
   per-class AP50, and the choice per latency budget, shown first as "What to ship";
 * ``reports/tables/distill_<dataset>_<detector>.md`` (distill tables) and
@@ -29,6 +31,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.io import read_json
+from pipeline.report.int8_table import sensitivity_section
 from pipeline.report.per_class import per_class_markdown
 from pipeline.report.ship import accuracy, label, read_ship, spread, unlearned_note
 
@@ -182,6 +185,7 @@ def section(dataset: str, detector: str, root: Path, report_dir: Path, ship: dic
         parts += ["### Per class (val AP at IoU 0.5, %)", "", *per_class, ""]
     parts += ["### Latency (batch 1) and accuracy per backend", "",
               latency_table(bench_dir, [r["model"] for r in rows if r["role"] != "teacher"]), ""]
+    parts += sensitivity_section(root / "exports" / dataset / detector)
     variants = [c for c in ((ship or {}).get("datasets", {}).get(dataset, {}).get("candidates", []))
                 if c.get("detector") == detector]
     if variants:
