@@ -94,6 +94,19 @@ def read_benchmark(path: Path, stage: str = "benchmark") -> dict[str, dict[str, 
     return backends
 
 
+def readiness(record: dict[str, Any] | None) -> str:
+    """The TensorRT-readiness cell: ``yes`` only when every check ran and passed; ``no (N problems)``;
+    ``unverified (N checks could not run)`` when nothing failed but something went unchecked."""
+    if record is None:
+        return "-"
+    if record.get("ready"):
+        return "yes"
+    problems, unverified = len(record.get("problems", [])), len(record.get("unverified", []))
+    if problems:
+        return f"no ({problems} problems)"
+    return f"unverified ({unverified} checks could not run)" if unverified else "no"
+
+
 def _row(name: str, entry: dict[str, Any], mismatch: str | None, backends: dict[str, Any]) -> str:
     """The table row of one artifact; a file that is not the manifest's (``mismatch`` says why) gets
     no accuracy, readiness or latency: those describe the file the export wrote."""
@@ -103,10 +116,7 @@ def _row(name: str, entry: dict[str, Any], mismatch: str | None, backends: dict[
     ev = entry.get("eval") or {}
     mAP = f"{ev['mAP50']:.2f}" if "mAP50" in ev else entry.get("skipped", "-")
     delta = f"{ev['delta_mAP50_vs_fp32']:+.2f}" if "delta_mAP50_vs_fp32" in ev else "-"
-    ready = entry.get("tensorrt_readiness")
-    problems = len((ready or {}).get("problems", []))
-    verdict = "-" if ready is None else ("yes" if ready.get("ready") else f"no ({problems} problems)")
-    return f"{head} {mAP} | {delta} | {verdict} | {_latency(backends, entry.get('precision', ''))} | yes |"
+    return f"{head} {mAP} | {delta} | {readiness(entry.get('tensorrt_readiness'))} | {_latency(backends, entry.get('precision', ''))} | yes |"
 
 
 def summary(folder: Path, benchmark: Path | None = None) -> str:

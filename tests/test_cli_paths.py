@@ -201,3 +201,17 @@ def test_detect_reads_a_video_frame_by_frame_and_times_each(tmp_path, capsys):
     (clips / "broken.mp4").write_bytes(b"not a video")
     err = refused(capsys, ["detect", str(export_folder()), str(clips / "broken.mp4"), "--out", str(tmp_path / "x")])
     assert "broken.mp4: OpenCV" in err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("record, cell", [
+    (None, "-"),
+    ({"ready": True, "problems": [], "unverified": []}, "yes"),
+    ({"ready": False, "problems": ["node X: INT32"], "unverified": []}, "no (1 problems)"),
+    ({"ready": False, "problems": [], "unverified": ["nms_boxes_per_image"]}, "unverified (1 checks could not run)"),
+])
+def test_info_never_calls_an_unchecked_file_ready_or_failed(record, cell):
+    """A readiness record whose only gap is a check that could not run reads "unverified", not
+    "no (0 problems)", and never "yes"."""
+    from pipeline.cli import readiness
+
+    assert readiness(record) == cell
