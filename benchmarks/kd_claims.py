@@ -31,6 +31,7 @@ GKD's own contribution (``gkd_bmfi:terms`` - ``bmfi:terms``) and BMFI's (``gkd_b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -80,9 +81,16 @@ def split_row(row: str) -> tuple[str, str]:
     return method, "auto_terms" if balance else "auto"
 
 
+@functools.cache
+def base_params() -> dict:
+    """params.yaml as it was when the run started: a run of hours must not pick up an edit (or a
+    merge) that the code it imported does not know."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
 def profile_params(profile: str, seed: int, methods: tuple[str, ...], balance: str = "auto",
                    shares: dict[str, float] | None = None) -> dict:
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), PROFILES[profile])
+    params = merge(base_params(), PROFILES[profile])
     mode = {"mode": balance, **({"shares": shares} if shares else {})}
     return merge(params, {"seed": seed, "datasets": [DATASET],
                           "model": {"detectors": [DETECTOR], "train": [TEACHER, f"baseline-{STUDENT}"]},
