@@ -136,28 +136,28 @@ def measure(distiller, batches: list[Batch], device: torch.device) -> GradNorms:
             terms = distiller(feats, batch, losses)
             if terms:
                 kd_sum += feature_grad_norm(sum(terms.values()), feats)
-            for name, value in terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + feature_grad_norm(value, feats)
+            term_norms = {name: feature_grad_norm(value, feats) for name, value in terms.items()}
+            for name, norm in term_norms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + norm
             if len(groups) > 1:
                 for group, names in groups.items():
-                    members = [v for k, v in terms.items() if names is None or k in names]
-                    group_sums[group] = group_sums.get(group, 0.0) + (
-                        feature_grad_norm(sum(members), feats) if members else 0.0)
+                    members = [k for k in terms if names is None or k in names]
+                    norm = (term_norms[members[0]] if len(members) == 1     # a one-term group: its term's norm
+                            else feature_grad_norm(sum(terms[k] for k in members), feats) if members else 0.0)
+                    group_sums[group] = group_sums.get(group, 0.0) + norm
     n = len(batches)
     return GradNorms(task_sum / n, kd_sum / n, {k: v / n for k, v in term_sums.items()},
                      {k: v / n for k, v in group_sums.items()})
 
 
 def group_shares(method, shares: dict[str, float]) -> dict[str, float]:
-    """``distill.balance.shares`` of ``method``'s term groups, renormalised to sum to 1 over the
-    groups it has (an ablation with one group gets all of ``ratio``)."""
+    """``distill.balance.shares`` of ``method``'s term groups (two or more; a method with one is
+    balanced as in ``auto``), renormalised to sum to 1 over the groups it has."""
     groups = list(method.term_groups())
     missing = [g for g in groups if g not in shares]
-    if len(groups) > 1 and missing:
+    if missing:
         raise UserError(f"params.yaml: distill.balance.shares has no share for {', '.join(missing)} (the term "
                         f"groups of {method.name}: {', '.join(groups)}); add them, e.g. {{{groups[0]}: 0.5, ...}}")
-    if len(groups) == 1:
-        return {groups[0]: 1.0}
     total = sum(shares[g] for g in groups)
     return {g: shares[g] / total for g in groups}
 
