@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.artifacts import curated_path
 from pipeline.config import load_params
 from pipeline.deploy.benchmark import measure_interleaved
 from pipeline.deploy.export_onnx import export_onnx
@@ -34,7 +35,7 @@ from pipeline.structures import Batch
 
 
 def _input(params, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    val = Path("data/curated/synthetic/val.json")
+    val = curated_path("synthetic", "val")
     if val.is_file():
         from pipeline.data.dataset import CuratedDataset
 

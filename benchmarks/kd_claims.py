@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.data.dataset import load_curated  # noqa: E402
-from pipeline.engine.runs import RunId, curated_path  # noqa: E402
+from pipeline.artifacts import balance_log_path, curated_path, raw_dir  # noqa: E402
+from pipeline.engine.runs import RunId  # noqa: E402
 from pipeline.metrics.bootstrap import image_matches, load_detections, paired_gain  # noqa: E402
 from pipeline.io import working_dir  # noqa: E402
 from pipeline.replicas import merge, prepare  # noqa: E402
@@ -153,7 +154,7 @@ def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: 
     by_balance = {b: tuple(m for m, bb in map(split_row, rows) if bb == b) for b in ("auto", "auto_terms")}
     prepare(root, profile_params(args.profile, 0, by_balance["auto"]), [])
     print(f"kd_claims ({args.profile}) in {root}", flush=True)
-    step(root, root / "data" / "raw" / DATASET, "synthesize", lambda: synthesize.main([]))
+    step(root, root / raw_dir(DATASET), "synthesize", lambda: synthesize.main([]))
     step(root, root / curated_path(DATASET, "val"), "curate", lambda: curate.main([DATASET]))
     teacher = RunId(DATASET, DETECTOR, TEACHER)
     walls["teacher"] = [step(root, root / teacher.model_path, "teacher", lambda: train.main([DATASET, DETECTOR, TEACHER]))]
@@ -191,7 +192,7 @@ def term_ratios(folder: Path, row: str) -> tuple[dict[str, float], dict[str, flo
     """Per-term KD/task gradient ratios of ``row`` in ``folder``: at the calibration and after the
     last epoch (logs/kd_balance)."""
     method = split_row(row)[0]
-    log = folder / "logs" / "kd_balance" / DATASET / DETECTOR / f"{method}-{STUDENT}.json"
+    log = folder / balance_log_path(DATASET, DETECTOR, f"{method}-{STUDENT}")
     if not log.is_file():
         return {}, {}
     epochs = json.loads(log.read_text())

@@ -24,10 +24,10 @@ from pipeline.config import load_params  # noqa: E402
 from pipeline.distill.balance import calibration_batches, measure  # noqa: E402
 from pipeline.distill.distiller import Distiller, load_teacher  # noqa: E402
 from pipeline.distill.methods import build_method  # noqa: E402
+from pipeline.distill.setup import build_student  # noqa: E402
 from pipeline.engine.checkpoint import Arch  # noqa: E402
 from pipeline.engine.runs import RunId  # noqa: E402
 from pipeline.engine.trainer import seed_everything  # noqa: E402
-from stages.distill import build_student  # noqa: E402
 from pipeline.engine.recipe import training_set  # noqa: E402
 
 

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.data.dataset import load_curated  # noqa: E402
-from pipeline.engine.runs import RunId, curated_path  # noqa: E402
+from pipeline.artifacts import balance_log_path, curated_path, raw_dir  # noqa: E402
+from pipeline.engine.runs import RunId  # noqa: E402
 from pipeline.metrics.bootstrap import image_matches, load_detections, paired_gain  # noqa: E402
 from pipeline.replicas import merge, prepare  # noqa: E402
 
@@ -58,7 +59,7 @@ def main() -> None:
     dataset, detector = params["datasets"][0], params["model"]["detectors"][0]
     students = args.students or params["distill"]["students"]
     teacher_path = RunId(dataset, detector, params["distill"]["teacher"]).model_path
-    links = [curated_path(dataset, "train"), curated_path(dataset, "val"), Path("data") / "raw" / dataset, teacher_path]
+    links = [curated_path(dataset, "train"), curated_path(dataset, "val"), raw_dir(dataset), teacher_path]
     needed = links + [RunId(dataset, detector, f"{role}-{s}").detections_path for s in students
                       for role in ("baseline", METHOD)]
     missing = [str(p) for p in needed if not p.exists()]
@@ -95,7 +96,7 @@ def main() -> None:
         base, main_run = matches(Path("."), f"baseline-{student}"), matches(Path("."), model)
         for name, root in roots.items():
             m = matches(root, model)
-            log = root / "logs" / "kd_balance" / dataset / detector / f"{model}.json"
+            log = root / balance_log_path(dataset, detector, model)
             ratios = [round(r["kd_task_grad_ratio"], 2) for r in json.loads(log.read_text())]
             score = json.loads((root / RunId(dataset, detector, model).metrics_path).read_text())["mAP50"]
             versus = "-" if name == "main" else str(paired_gain([m], [main_run], args.resamples))

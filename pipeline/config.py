@@ -24,8 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
-RAW_ROOT = Path("data/raw")
-CURATED_ROOT = Path("data/curated")
 
 
 class FieldError(ValueError):

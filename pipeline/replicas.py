@@ -1,11 +1,12 @@
 """Seed replicas: the same students trained again with another seed, in a workspace of their own.
 
 A replica of ``(dataset, detector, student)`` under seed ``k`` lives in
-``replicas/seed<k>/<dataset>/<detector>/<student>/``: a params.yaml equal to the project's but
-with ``seed: k`` (so the student's initial weights, the data order and the augmentation change),
-links to the curated data and the teacher, and the usual ``models/``, ``metrics/``,
-``detections/`` and ``checkpoints/`` of the stage scripts run inside it. The replicas are
-trained and scored by exactly the stage code of the main run; only the seed differs.
+``replicas/seed<k>/<dataset>/<detector>/<student>/`` (:func:`pipeline.artifacts.replica_workspace`):
+a params.yaml equal to the project's but with ``seed: k`` (so the student's initial weights, the
+data order and the augmentation change), links to the curated data and the teacher, and the
+usual ``models/``, ``metrics/``, ``detections/`` and ``checkpoints/`` of the stage scripts run
+inside it. The replicas are trained and scored by exactly the stage code of the main run; only
+the seed differs.
 ``benchmarks/kd_claims.py`` uses the same workspaces for its seeds.
 """
 from __future__ import annotations
@@ -15,19 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-ROOT = Path("replicas")
-
-
-def workspace(seed: int, dataset: str, detector: str, student: str, root: Path = ROOT) -> Path:
-    """The replica folder of ``student`` on ``dataset``/``detector`` under ``seed``."""
-    return Path(root) / f"seed{seed}" / dataset / detector / student
-
-
-def replica_path(folder: Path, seed: int, student: str) -> Path:
-    """Where a replica's metrics or detections go: ``<folder>/seed<seed>/<student>`` beside the
-    main run's (``folder``: ``metrics/<dataset>/<detector>`` or ``detections/<dataset>/<detector>``)."""
-    return Path(folder) / f"seed{seed}" / student
 
 
 def merge(base: dict, override: dict) -> dict:

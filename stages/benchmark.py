@@ -11,59 +11,40 @@
         With --qat <method>: the QAT export exports/<dataset>/<detector>/qat/<method>/<model>/
         (its int8 file on every runtime; no PyTorch row), written under .../qat/<method>/<model>.
 
-The mAP50-against-latency plot of every variant is stage benchmark_plot (stages/pareto.py), drawn
+The mAP50-against-latency plot of every variant is stage benchmark_plot (stages/benchmark_plot.py), drawn
 from reports/ship.json, where each accuracy carries its interval.
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from pipeline.artifacts import curated_path
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.deploy.benchmark_suite import run_suite
-from pipeline.engine.runs import QATRun, RunId, curated_path, load_trained
+from pipeline.engine.checkpoint import load_trained
+from pipeline.engine.runs import QATRun, RunId
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir, write_json
 
 
-def metrics_path(run: RunId | QATRun) -> Path:
-    """``metrics/benchmark/<dataset>/<detector>/<model>.json`` (QAT: ``.../qat/<method>/<model>.json``)."""
-    return _under("metrics", run).with_suffix(".json")
-
-
-def detections_dir(run: RunId | QATRun) -> Path:
-    """``detections/benchmark/<dataset>/<detector>/<model>/`` (QAT: ``.../qat/<method>/<model>/``)."""
-    return _under("detections", run)
-
-
-def _under(root: str, run: RunId | QATRun) -> Path:
-    base = Path(root) / "benchmark" / run.dataset / run.detector
-    if isinstance(run, QATRun):
-        return base / "qat" / run.method / run.parent
-    return base / run.model
-
-
 def run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    if args.qat:
-        run_id: RunId | QATRun = QATRun(args.dataset, args.detector, args.model, args.qat)
-        folder = run_id.export_dir
-    else:
-        run_id = RunId(args.dataset, args.detector, args.model)
-        folder = Path("exports") / run_id.dataset / run_id.detector / run_id.model
+    run_id = QATRun(args.dataset, args.detector, args.model, args.qat) if args.qat \
+        else RunId(args.dataset, args.detector, args.model)
+    folder = run_id.export_dir
     val = CuratedDataset(load_curated(curated_path(run_id.dataset, "val")), params.input, train=False)
     model = None if args.qat else load_trained(run_id, val.class_names, params.model.fpn_channels)[0]
-    with atomic_dir(detections_dir(run_id)) as tmp:
+    with atomic_dir(run_id.benchmark_detections_dir) as tmp:
         record = run_suite(model, folder, val, params.benchmark, params.eval.batch_size, tmp)
-    write_json(metrics_path(run_id), record)
+    write_json(run_id.benchmark_metrics_path, record)
     for name, row in record["backends"].items():
         acc = f"mAP50 {row['mAP50']:.2f}" if "mAP50" in row else "mAP50 n/a"
         print(f"{run_id} {name:28s} p50 {row['p50_ms']:8.2f} ms  p90 {row['p90_ms']:8.2f} ms  "
               f"{row['throughput_ips']:7.1f} img/s  {acc}  [{row['providers']}]")
     for name, why in record["skipped"].items():
         print(f"{run_id} {name:28s} skipped: {why}")
-    print(f"{run_id} -> {metrics_path(run_id)}, {detections_dir(run_id)}")
+    print(f"{run_id} -> {run_id.benchmark_metrics_path}, {run_id.benchmark_detections_dir}")
 
 
 @exit_on_user_error

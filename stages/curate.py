@@ -9,7 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.config import CURATED_ROOT, RAW_ROOT, load_params
+from pipeline.artifacts import CURATED_ROOT, RAW_ROOT
+from pipeline.config import load_params
 from pipeline.data.curate import curate
 from pipeline.data.preview import preview_grid
 from pipeline.errors import exit_on_user_error

@@ -20,34 +20,21 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-import torch
-
-from pipeline.config import Params, load_params
+from pipeline.artifacts import curated_path
+from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
-from pipeline.distill.balance import calibrate, calibration_batches, describe, epoch_figures
-from pipeline.distill.distiller import Distiller, load_teacher
+from pipeline.distill.distiller import load_teacher
 from pipeline.distill.gradmaps import gradmap_batch, maps_of, render
-from pipeline.distill.inherit import inherit_neck_and_head
 from pipeline.distill.methods import build_method, check_method, method_settings, paper_overrides
+from pipeline.distill.setup import balanced_distiller, build_student
 from pipeline.engine import distributed
 from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.engine.recipe import loop_config, role_epochs, training_set, weights_fingerprint
-from pipeline.engine.runs import RunId, curated_path, resolve_device
+from pipeline.engine.runs import RunId
 from pipeline.engine.trainer import train
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir, file_sha256, write_json
-from pipeline.models.detector import Detector
-from pipeline.models.factory import build_detector
-
-
-def gradmap_dir(run: RunId) -> Path:
-    return Path("plots") / "gradmaps" / run.dataset / run.detector / run.model
-
-
-def balance_log_path(run: RunId) -> Path:
-    return Path("logs") / "kd_balance" / run.dataset / run.detector / f"{run.model}.json"
 
 
 def balance_rows(balance: dict, history: list[dict]) -> list[dict]:
@@ -60,18 +47,6 @@ def balance_rows(balance: dict, history: list[dict]) -> list[dict]:
               **{k: v for k, v in h.items() if k.startswith("ratio_")}}
              for h in history if "kd_task_grad_ratio" in h]
     return rows
-
-
-def build_student(params: Params, run: RunId, arch: Arch, teacher: Detector) -> tuple[Detector, list[str]]:
-    """The student, seeded, with the teacher's neck and head copied in when ``distill.inherit``;
-    returns it and the names of the inherited tensors."""
-    torch.manual_seed(params.seed)
-    student = build_detector(run.detector, run.backbone, arch.num_classes, params.model.weights,
-                             params.model.fpn_channels, params.model.norm_eval, params.model.frozen_stages)
-    copied: list[str] = []
-    if params.distill.inherit:
-        copied, _ = inherit_neck_and_head(student, teacher)
-    return student, copied
 
 
 @exit_on_user_error
@@ -97,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     method = build_method(args.method, run.detector, d, params.model.fpn_channels, len(student.strides), run.dataset)
     epochs = role_epochs(params, args.method)
     cfg = loop_config(params, epochs)
-    env, device = distributed.setup(resolve_device(params.train.device), params.distributed.backend,
+    env, device = distributed.setup(distributed.resolve_device(params.train.device), params.distributed.backend,
                                     cfg.batch_size)
     student = distributed.convert_sync_bn(student, env, device, params.distributed.sync_bn)
 
@@ -111,15 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         rows["teacher"] = maps_of(teacher, on_device, d.gkd.signed)
         rows["student start"] = maps_of(student, on_device, d.gkd.signed)
 
-    distiller = Distiller(student, teacher, method, d.student_grad).to(device)
-    batches = calibration_batches(data, cfg.batch_size, d.balance.batches, cfg.seed)
-    balance = calibrate(distiller, batches, device, d.balance)
+    balanced = balanced_distiller(student, teacher, method, d, data, cfg.batch_size, cfg.seed, device, str(run),
+                                  announce=env.is_main)
+    distiller, balance = balanced.distiller, balanced.balance
     balance["paper_params"] = {"distill": paper_overrides(args.method, run.detector, method, d, run.dataset)}
-    if env.is_main and method.WEIGHTS:
-        print(f"{run}: {describe(balance)}")
-
-    def epoch_metrics(epoch: int) -> dict[str, float]:
-        return epoch_figures(distiller, batches, device, balance)
 
     key = weights_fingerprint(run, arch, cfg, params, data,
                               method_settings(args.method, run.detector, d, run.dataset),
@@ -128,20 +98,20 @@ def main(argv: list[str] | None = None) -> None:
     with distiller:
         result = train(student, data, cfg, run.checkpoint_dir, device, key, extra=distiller, desc=str(run),
                        extra_module=method, rank=env.rank, world_size=env.world_size,
-                       wrap=distributed.ddp_wrapper(env, device), epoch_metrics=epoch_metrics,
+                       wrap=distributed.ddp_wrapper(env, device), epoch_metrics=balanced.epoch_metrics,
                        log_dir=run.live_dir)
     if not env.is_main:
         distributed.teardown(env)
         return
 
-    with atomic_dir(gradmap_dir(run)) as folder:
+    with atomic_dir(run.gradmap_dir) as folder:
         if pictures is not None:
             rows["student end"] = maps_of(student, pictures.to(device), d.gkd.signed)
             render(pictures, rows, tuple(student.strides), folder, params.input.mean, params.input.std)
     save_model(run.model_path, student, arch,
                meta={"role": args.method, "epochs": epochs, "dataset": run.dataset, "teacher": d.teacher,
                      "inherit": d.inherit, "inherited_tensors": len(inherited), "kd_balance": balance})
-    write_json(balance_log_path(run), balance_rows(balance, result.history))
+    write_json(run.balance_log_path, balance_rows(balance, result.history))
     last = result.history[-1] if result.history else {}
     kd = {k: round(v, 4) for k, v in last.items() if k.startswith("kd_")}
     print(f"distilled {run} from {teacher_run.model} in {time.perf_counter() - start:.0f} s on "

@@ -14,10 +14,13 @@ import time
 
 import torch
 
+from pipeline.artifacts import curated_path
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.engine.inference import predict_dataset
-from pipeline.engine.runs import RunId, curated_path, load_trained, resolve_device
+from pipeline.engine.checkpoint import load_trained
+from pipeline.engine.distributed import resolve_device
+from pipeline.engine.runs import RunId
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir, write_json
 from pipeline.metrics import evaluate_detections

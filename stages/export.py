@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from pipeline.artifacts import curated_path
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.deploy.bundle import export_bundle
 from pipeline.deploy.parity import previous_export_note
-from pipeline.engine.runs import RunId, curated_path, load_trained
+from pipeline.engine.checkpoint import load_trained
+from pipeline.engine.runs import RunId
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir
-
-
-def export_dir(run: RunId) -> Path:
-    return Path("exports") / run.dataset / run.detector / run.model
 
 
 @exit_on_user_error
@@ -40,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     model, _ = load_trained(run, val.class_names, params.model.fpn_channels)
     identity = {"dataset": run.dataset, "detector": run.detector, "model": run.model, "backbone": run.backbone}
     start = time.perf_counter()
-    with previous_export_note(export_dir(run)), atomic_dir(export_dir(run)) as folder:
+    with previous_export_note(run.export_dir), atomic_dir(run.export_dir) as folder:
         manifest = export_bundle(model, folder, params, val, train, identity, run.model_path)
     parity = manifest["parity"]
     scores = "  ".join(f"{e['precision']} {e['eval']['mAP50']:.2f}" if "mAP50" in e.get("eval", {})
@@ -48,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"exported {run} in {time.perf_counter() - start:.0f} s: parity mAP50 PyTorch "
           f"{parity['mAP50_pytorch']:.2f} / ONNX {parity['mAP50_onnx']:.2f}, {parity['matched']} of "
           f"{parity['detections_pytorch']} PyTorch detections matched; ORT CPU mAP50 {scores}; TensorRT: "
-          f"{manifest['tensorrt'].get('skipped', 'built')} -> {export_dir(run)}")
+          f"{manifest['tensorrt'].get('skipped', 'built')} -> {run.export_dir}")
 
 
 if __name__ == "__main__":

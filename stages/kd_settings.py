@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.artifacts import kd_settings_path
 from pipeline.config import load_params
 from pipeline.distill.methods import method_settings
-from pipeline.engine.runs import kd_settings_path
 from pipeline.errors import exit_on_user_error
 from pipeline.io import write_json
 

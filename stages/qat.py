@@ -23,18 +23,20 @@ import argparse
 import dataclasses
 import time
 
-
+from pipeline.artifacts import curated_path
 from pipeline.config import Params, load_params
-from pipeline.data.dataset import CuratedDataset, collate, load_curated, spread_indices
-from pipeline.distill.balance import calibrate, calibration_batches, describe, epoch_figures
-from pipeline.distill.distiller import Distiller, load_teacher
+from pipeline.data.dataset import CuratedDataset, collate, load_curated
+from pipeline.distill.distiller import load_teacher
 from pipeline.distill.methods import METHODS, build_method, method_settings
-from pipeline.engine.checkpoint import Arch
+from pipeline.distill.setup import balanced_distiller
+from pipeline.engine.checkpoint import Arch, load_trained
+from pipeline.engine.distributed import resolve_device
 from pipeline.engine.recipe import loop_config, training_set, weights_fingerprint
-from pipeline.engine.runs import QATRun, RunId, curated_path, load_trained, resolve_device
+from pipeline.engine.runs import QATRun, RunId
 from pipeline.engine.trainer import train
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.io import file_sha256
+from pipeline.quant.calibration import calibration_images
 from pipeline.quant.qat import calibrate_activations, prepare_qat, save_qat_model
 
 CALIBRATION_BATCH = 8
@@ -77,23 +79,21 @@ def main(argv: list[str] | None = None) -> None:
     quantized = prepare_qat(model)
 
     plain = CuratedDataset(load_curated(curated_path(run.dataset, "train")), params.input, train=False)
-    chosen = spread_indices(len(plain), params.deploy.calib_images)
+    chosen = calibration_images(plain, params.deploy.calib_images)
     calib = (collate([plain[i] for i in chosen[k:k + CALIBRATION_BATCH]])
              for k in range(0, len(chosen), CALIBRATION_BATCH))
     images = calibrate_activations(model, calib, device)
 
     cfg = dataclasses.replace(loop_config(params, params.qat.epochs), lr=params.qat.lr, lr_steps=())
-    distiller, method, balance, extra_key = None, None, None, {}
+    distiller, method, balanced, extra_key = None, None, None, {}
     if args.method != "none":
         d = params.distill
         teacher_run = RunId(run.dataset, run.detector, d.teacher)
         teacher = load_teacher(teacher_run.model_path, arch)
         method = build_method(args.method, run.detector, d, params.model.fpn_channels, len(model.strides),
                               run.dataset)
-        distiller = Distiller(model, teacher, method, d.student_grad).to(device)
-        batches = calibration_batches(data, cfg.batch_size, d.balance.batches, cfg.seed)
-        balance = calibrate(distiller, batches, device, d.balance)
-        print(f"{run}: {describe(balance)}")
+        balanced = balanced_distiller(model, teacher, method, d, data, cfg.batch_size, cfg.seed, device, str(run))
+        distiller = balanced.distiller
         extra_key = {"distill": method_settings(args.method, run.detector, d, run.dataset),
                      "teacher_sha256": file_sha256(teacher_run.model_path)}
 
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = train(model, data, cfg, run.checkpoint_dir, device, key, extra=distiller, extra_module=method,
                        desc=str(run), log_dir=run.live_dir,
-                       epoch_metrics=(lambda epoch: epoch_figures(distiller, batches, device, balance))
-                       if distiller is not None else None)
+                       epoch_metrics=balanced.epoch_metrics if balanced is not None else None)
     finally:
         if distiller is not None:
             distiller.close()
@@ -113,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                    meta={"role": run.role, "parent": args.model, "qat_method": args.method, "epochs": cfg.epochs,
                          "lr": cfg.lr, "dataset": run.dataset, "teacher": params.distill.teacher
                          if distiller is not None else None, "calibration_images": images,
-                         "quantized_layers": len(quantized), "kd_balance": balance})
+                         "quantized_layers": len(quantized),
+                         "kd_balance": balanced.balance if balanced is not None else None})
     last = result.history[-1] if result.history else {}
     print(f"QAT {run} from {parent.model} ({len(quantized)} layers fake-quantized, {images} calibration images) "
           f"in {time.perf_counter() - start:.0f} s (final loss {last.get('loss', float('nan')):.3f}) -> {run.model_path}")

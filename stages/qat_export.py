@@ -19,12 +19,14 @@ import argparse
 import time
 
 import torch
+
+from pipeline.artifacts import curated_path
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.deploy.bundle import export_qat_bundle
 from pipeline.deploy.parity import previous_export_note
 from pipeline.engine.checkpoint import Arch
-from pipeline.engine.runs import QATRun, curated_path
+from pipeline.engine.runs import QATRun
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir, write_json
 from pipeline.engine.inference import predict_dataset

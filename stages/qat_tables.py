@@ -11,31 +11,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
+from pipeline.artifacts import curated_path, table_paths
 from pipeline.config import load_params
-from pipeline.data.dataset import CuratedDataset, collate, load_curated
-from pipeline.deploy.benchmark import measure_interleaved
+from pipeline.data.dataset import CuratedDataset, load_curated
+from pipeline.deploy.benchmark_suite import onnx_cpu_timings
 from pipeline.deploy.bundle import eval_batch
 from pipeline.deploy.manifest import artifact_entry, read_manifest
 from pipeline.deploy.parity import backend_detections
 from pipeline.deploy.runtime import OnnxBackend
-from pipeline.engine.runs import QATRun, RunId, curated_path
+from pipeline.engine.runs import QATRun, RunId
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_file, read_json, write_json
 from pipeline.metrics.bootstrap import image_matches, load_detections
 from pipeline.report.qat_table import markdown, qat_rows, variant_label
 
 
-def table_paths(dataset: str, detector: str) -> tuple[Path, Path]:
-    stem = Path("reports") / "tables" / f"qat_{dataset}_{detector}"
-    return stem.with_suffix(".md"), stem.with_suffix(".json")
-
-
 def _files(dataset: str, detector: str, parent: str, methods: tuple[str, ...]) -> dict[str, Path]:
     """The ONNX file of each variant, checked against its manifest's sha256."""
-    root = Path("exports") / dataset / detector
-    files = {"fp32": root / parent / "model.onnx", "int8 PTQ": root / parent / "model-int8.onnx"}
+    folder = RunId(dataset, detector, parent).export_dir
+    files = {"fp32": folder / "model.onnx", "int8 PTQ": folder / "model-int8.onnx"}
     files.update({variant_label(m): QATRun(dataset, detector, parent, m).export_dir / "model-int8.onnx"
                   for m in methods})
     for path in files.values():
@@ -55,8 +49,6 @@ def main(argv: list[str] | None = None) -> None:
     q, bp = params.qat, params.benchmark
     val_coco = load_curated(curated_path(args.dataset, "val"))
     val = CuratedDataset(val_coco, params.input, train=False)
-    one = collate([val[0]])
-    many = collate([val[i % len(val)] for i in range(bp.throughput_batch)])
     batch = eval_batch(params)
     rows = []
     for parent in q.models:
@@ -70,20 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         matches = {label: image_matches(val_coco, dets) for label, dets in detections.items()}
         own_float = {variant_label(m): read_json(QATRun(args.dataset, args.detector, parent, m).metrics_path,
                                                  "the qat_export stage (dvc repro)") for m in q.methods}
-        contestants = {}
-        for label, path in files.items():
-            backend = OnnxBackend(path, ["CPUExecutionProvider"], bp.threads)
-            small = (one.images.numpy(), np.array(one.image_sizes, dtype=np.float32))
-            big = (many.images.numpy(), np.array(many.image_sizes, dtype=np.float32))
-            if params.deploy.dynamic_batch:
-                batched = (lambda b=backend, a=big: b.run(*a))
-            else:   # a static graph takes the batch one image at a time
-                batched = (lambda b=backend, a=small: [b.run(*a) for _ in range(bp.throughput_batch)])
-            contestants[label] = (lambda b=backend, a=small: b.run(*a), batched, None)
-        latency = measure_interleaved(contestants, bp.throughput_batch, bp.warmup_iters, bp.iters, bp.throughput_iters)
+        latency = onnx_cpu_timings(files, val, bp, params.deploy.dynamic_batch)
         rows += qat_rows(parent, matches, latency, own_float)
 
-    md_path, json_path = table_paths(args.dataset, args.detector)
+    md_path, json_path = table_paths("qat", args.dataset, args.detector)
     text = markdown(args.dataset, args.detector, rows, bp.threads)
     with atomic_file(md_path) as handle:
         handle.write(text)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.artifacts import replica_copy, replica_workspace
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.engine.runs import RunId
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.io import atomic_dir
-from pipeline.replicas import merge, prepare, replica_path, workspace
+from pipeline.replicas import merge, prepare
 
 
 def replica_params(raw: dict, dataset: str, detector: str, student: str, seed: int) -> dict:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(distill.extra_seeds)")
     raw = yaml.safe_load(Path(args.params).read_text())
     teacher = RunId(args.dataset, args.detector, params.distill.teacher).model_path
-    folder = workspace(args.seed, args.dataset, args.detector, args.student)
+    folder = replica_workspace(args.seed, args.dataset, args.detector, args.student)
     # the data folder whole: the curated json names its images under data/raw/<dataset>/
     prepare(folder, replica_params(raw, args.dataset, args.detector, args.student, args.seed),
             [Path("data"), teacher])
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(done.returncode)   # the stage printed its own one-line error
     for kind in ("metrics_path", "detections_path"):
         runs = [RunId(args.dataset, args.detector, m) for m in models]
-        target = replica_path(getattr(runs[0], kind).parent, args.seed, args.student)
+        target = replica_copy(getattr(runs[0], kind).parent, args.seed, args.student)
         with atomic_dir(target) as out:
             for run in runs:
                 shutil.copy2(folder / getattr(run, kind), out / getattr(run, kind).name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.artifacts import SUMMARY_PATH
 from pipeline.config import load_params
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_file
@@ -20,7 +21,7 @@ from pipeline.report.summary import summary
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, default=Path("reports") / "summary.md")
+    parser.add_argument("--out", type=Path, default=SUMMARY_PATH)
     args = parser.parse_args(argv)
 
     params = load_params(args.params)

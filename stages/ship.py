@@ -18,9 +18,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import SHIP_PATH, benchmark_detections_of, benchmark_metrics_dir, curated_path
 from pipeline.config import load_params
 from pipeline.data.dataset import load_curated
-from pipeline.engine.runs import RunId, curated_path
+from pipeline.engine.runs import RunId
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.io import read_json, write_json
 from pipeline.metrics import evaluate_detections
@@ -30,12 +31,11 @@ from pipeline.report.ship import __doc__ as RULE
 from pipeline.report.ship import candidate, needed_pairs, select
 
 RESAMPLES = 1000
-SHIP_PATH = Path("reports") / "ship.json"
 
 
 def benchmark_records(dataset: str, detector: str) -> list[tuple[Path, dict[str, Any]]]:
     """Every benchmark json of (dataset, detector): the exports', then the QAT exports'."""
-    root = Path("metrics") / "benchmark" / dataset / detector
+    root = benchmark_metrics_dir(dataset, detector)
     files = sorted(root.glob("*.json")) + sorted(root.glob("qat/*/*.json"))
     out = []
     for path in files:
@@ -53,7 +53,7 @@ def detections_path(path: Path, record: dict[str, Any], backend: str) -> Path:
     detections/benchmark as the record under metrics/benchmark)."""
     if backend.startswith("pytorch-"):
         return RunId(record["dataset"], record["detector"], record.get("parent") or record["model"]).detections_path
-    return Path("detections", *path.with_suffix("").parts[1:]) / f"{backend}.npz"
+    return benchmark_detections_of(path, backend)
 
 
 def dataset_block(dataset: str, detectors: tuple[str, ...], budgets: tuple[float, ...]) -> dict[str, Any]:

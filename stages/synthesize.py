@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.config import RAW_ROOT, load_params
+from pipeline.artifacts import raw_dir
+from pipeline.config import load_params
 from pipeline.data.synthetic import write_synthetic_kitti
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir
@@ -18,7 +19,7 @@ from pipeline.io import atomic_dir
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, default=RAW_ROOT / "synthetic")
+    parser.add_argument("--out", type=Path, default=raw_dir("synthetic"))
     args = parser.parse_args(argv)
 
     cfg = load_params(args.params).synthetic

@@ -17,7 +17,7 @@ from pipeline.config import load_params
 from pipeline.engine import distributed
 from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.engine.recipe import loop_config, role_epochs, training_set, weights_fingerprint
-from pipeline.engine.runs import RunId, resolve_device
+from pipeline.engine.runs import RunId
 from pipeline.engine.trainer import seed_everything, train
 from pipeline.errors import exit_on_user_error
 from pipeline.models.factory import build_detector
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
                            params.model.fpn_channels, params.model.norm_eval, params.model.frozen_stages)
     epochs = role_epochs(params, run.role)
     cfg = loop_config(params, epochs)
-    env, device = distributed.setup(resolve_device(params.train.device), params.distributed.backend,
+    env, device = distributed.setup(distributed.resolve_device(params.train.device), params.distributed.backend,
                                     cfg.batch_size)
     model = distributed.convert_sync_bn(model, env, device, params.distributed.sync_bn)
     key = weights_fingerprint(run, arch, cfg, params, data)

@@ -33,7 +33,7 @@ from pipeline.models.gfl_head import GFLHead
 from pipeline.report.tables import ablation_rows, distill_rows, markdown
 from pipeline.structures import Batch
 from stages import distill as distill_stage
-from stages import tables as tables_stage
+from stages import distill_tables as tables_stage
 
 CLASSES = ("car", "person")
 

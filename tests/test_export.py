@@ -586,14 +586,14 @@ def test_export_stage_without_a_trained_model_exits_with_one_line(tmp_path, caps
 @pytest.mark.slow
 def test_benchmark_stage_times_every_backend_with_its_accuracy_and_plots(capsys):
     from stages import benchmark as benchmark_stage
-    from stages import pareto as pareto_stage
+    from stages import benchmark_plot as benchmark_plot_stage
     from stages import ship as ship_stage
 
     root = built_repo()
     with chdir(root):
         benchmark_stage.main(["run", *RUN])
         ship_stage.main([])
-        pareto_stage.main(["tiny", "gfl"])
+        benchmark_plot_stage.main(["tiny", "gfl"])
     record = json.loads((root / "metrics" / "benchmark" / "tiny" / "gfl" / "baseline-resnet18.json").read_text())
     manifest = read_manifest(export_folder())
     assert set(record["backends"]) >= {"pytorch-cpu-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"}

@@ -172,7 +172,7 @@ def test_ship_stage_ranks_every_exported_and_qat_variant(tmp_path, monkeypatch, 
     import yaml
 
     from stages import ship as ship_stage
-    from stages.pareto import main as plot_main
+    from stages.benchmark_plot import main as plot_main
 
     monkeypatch.chdir(tmp_path)
     Path("data/curated/tiny").mkdir(parents=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.deploy import runtime
+from pipeline.deploy import cuda, runtime
 from pipeline.deploy.manifest import read_manifest, sha256
 from pipeline.deploy.target_build import record_engines, tensorrt_sources, trtexec_command
 from pipeline.errors import UserError
@@ -95,14 +95,14 @@ def test_built_engines_are_recorded_and_refused_on_another_gpu_or_tensorrt(expor
 
     fake_trt = types.SimpleNamespace(__version__="10.9.0")
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    monkeypatch.setattr(runtime, "_cudart", lambda: object())
-    monkeypatch.setattr(runtime, "gpu_identity", lambda cudart: ("NVIDIA H200", "9.0"))
+    monkeypatch.setattr(cuda, "cudart", lambda: object())
+    monkeypatch.setattr(cuda, "gpu_identity", lambda cudart: ("NVIDIA H200", "9.0"))
     with pytest.raises(UserError) as info:
         runtime.DeployedDetector(export_copy / "model-fp16.engine")
     assert str(info.value) == ("model-fp16.engine: engine built for Orin (sm 8.7) but this GPU is NVIDIA H200 "
                                "(sm 9.0); rebuild it on this machine (gkd-bmfi build <export folder>)")
     fake_trt.__version__ = "10.13.0"
-    monkeypatch.setattr(runtime, "gpu_identity", lambda cudart: ("Orin", "8.7"))
+    monkeypatch.setattr(cuda, "gpu_identity", lambda cudart: ("Orin", "8.7"))
     with pytest.raises(UserError, match=r"built with TensorRT 10\.9\.0 but TensorRT 10\.13\.0 is installed; "
                                         r"rebuild it on this machine \(gkd-bmfi build"):
         runtime.DeployedDetector(export_copy / "model-fp16.engine")

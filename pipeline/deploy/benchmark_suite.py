@@ -169,6 +169,21 @@ def _engines(folder: Path, manifest: dict, val: CuratedDataset, small: Batch, bi
                                                       "this run", partial(backend_detections, det, val, batch))
 
 
+def onnx_cpu_timings(files: dict[str, Path], val: CuratedDataset, bp: BenchmarkParams,
+                     dynamic: bool) -> dict[str, dict[str, float]]:
+    """Latency of several ONNX files on ONNX Runtime CPU (``bp.threads`` threads) in one
+    interleaved run, as :func:`run_suite` times its backends: ``{label: timings}`` for ``files``
+    (label -> file). ``dynamic``: the graphs take a batch (else the batch is timed as consecutive
+    single-image calls)."""
+    small, big = _inputs(val, 1), _inputs(val, bp.throughput_batch)
+    contestants = {}
+    for label, path in files.items():
+        backend = OnnxBackend(path, ["CPUExecutionProvider"], bp.threads)
+        one, many = _array_calls(backend.run, small, big, dynamic)
+        contestants[label] = (one, many, None)
+    return measure_interleaved(contestants, len(big), bp.warmup_iters, bp.iters, bp.throughput_iters)
+
+
 def run_suite(model: Detector | None, folder: Path, val: CuratedDataset, bp: BenchmarkParams,
               eval_batch: int, detections_dir: Path | None = None) -> dict[str, Any]:
     """Benchmark the export in ``folder`` (and ``model``, its PyTorch source; ``None`` for a QAT

@@ -19,13 +19,13 @@ import torch
 
 from pipeline.config import Params
 from pipeline.data import transforms as T
-from pipeline.data.dataset import CuratedDataset, spread_indices
-from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_onnx, output_shapes
+from pipeline.data.dataset import CuratedDataset
+from pipeline.deploy.export_onnx import INPUT_NAMES, OUTPUT_NAMES, ExportInfo, export_module, export_onnx, output_shapes
 from pipeline.deploy.int8_sensitivity import (choose_float32, graph_drop, groups_of_nodes, layer_groups,
                                               sensitivity_table, val_subset)
 from pipeline.deploy.manifest import FORMAT, conventions_record, preprocessing_record, sha256, write_manifest
 from pipeline.deploy.parity import backend_detections, camera_record, camera_split, check_parity, parity_report
-from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, score_layers, to_fp16, to_int8
+from pipeline.deploy.precision import TENSORRT_PRECISIONS, artifact_name, runtime_of, to_fp16, to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.tensorrt_build import build_engines, profile_shapes
 from pipeline.deploy.trt_readiness import check_graph, require_ready
@@ -33,11 +33,16 @@ from pipeline.engine.inference import predict_dataset
 from pipeline.errors import UserError
 from pipeline.metrics import evaluate_detections
 from pipeline.models.detector import Detector
+from pipeline.quant.calibration import calibration_images
+from pipeline.quant.export_qdq import write_qdq
+from pipeline.quant.placement import score_layers
+from pipeline.quant.qat import quantizer_mode
 
 
 def calibration_feeds(train: CuratedDataset, count: int) -> tuple[Iterator[dict[str, np.ndarray]], int]:
-    """``count`` training images spread evenly over the split (no flip), as ORT feeds."""
-    indices = spread_indices(len(train), count)
+    """The int8 calibration images of ``train`` (:func:`pipeline.quant.calibration.calibration_images`),
+    as ORT feeds."""
+    indices = calibration_images(train, count)
 
     def feeds() -> Iterator[dict[str, np.ndarray]]:
         for i in indices:
@@ -271,18 +276,17 @@ def export_qat_bundle(model: Detector, folder: Path, params: Params, val: Curate
     parity-gated against the PyTorch fake-quant model on val, checked for TensorRT, plus the
     manifest. Returns the manifest and the int8 file's val detections (ONNX Runtime).
     """
-    from pipeline.quant.export_qdq import write_qdq
-    from pipeline.quant.qat import quantizer_mode
-
     deploy = params.deploy
     input_hw = params.input.padded_shape
     model = model.eval().cpu()
     int8 = folder / artifact_name("int8")
     with tempfile.TemporaryDirectory() as tmp:
         folded = Path(tmp) / "folded-float.onnx"
+        export = export_module(model, input_hw)
         with quantizer_mode(model, "off"):
-            info = export_onnx(model, folded, input_hw, deploy.opset, deploy.dynamic_batch, deploy.simplify)
-        recipe = write_qdq(folded, int8, model, input_hw)
+            info = export_onnx(model, folded, input_hw, deploy.opset, deploy.dynamic_batch, deploy.simplify,
+                               module=export)
+        recipe = write_qdq(folded, int8, model, export)
     torch_dets, onnx_eval, onnx_dets, report = _parity_gate(model, int8, val, params, info, identity, quantized=True)
     artifacts = {int8.name: {"kind": "onnx", "precision": "int8", "recipe": recipe, "eval": onnx_eval}}
     tensorrt = _check_and_build(folder, artifacts, params)

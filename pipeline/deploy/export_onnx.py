@@ -100,7 +100,7 @@ def declare_output_shapes(graph: onnx.ModelProto, shapes: dict[str, list[int | s
 
 
 def export_onnx(model: Detector, path: Path, input_hw: tuple[int, int], opset: int = 17,
-                dynamic_batch: bool = True, simplify: bool = True) -> ExportInfo:
+                dynamic_batch: bool = True, simplify: bool = True, module: nn.Module | None = None) -> ExportInfo:
     """Write ``model`` as an end-to-end ONNX graph to ``path``.
 
     Args:
@@ -109,11 +109,13 @@ def export_onnx(model: Detector, path: Path, input_hw: tuple[int, int], opset: i
         opset: ONNX opset (>= 17).
         dynamic_batch: leave the batch dimension symbolic (``N``); otherwise it is 1.
         simplify: run onnxslim (constant folding, Conv+BN fusion, dead-node removal).
+        module: the export module to trace (default :func:`export_module` of ``model``); a caller
+            that needs the module afterwards (the QAT Q/DQ writer) builds it once and passes it.
     """
     if opset < MIN_OPSET:
         raise UserError(f"params.yaml: deploy.opset = {opset} is too old; use {MIN_OPSET} or newer")
     path = Path(path)
-    module = export_module(model, input_hw)
+    module = export_module(model, input_hw) if module is None else module
     h, w = module.input_hw
     images = torch.zeros(1, 3, h, w)
     sizes = torch.tensor([[float(h), float(w)]])

@@ -16,12 +16,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import SHIP_PATH, benchmark_metrics_path
 from pipeline.deploy.manifest import FORMAT, MANIFEST
 from pipeline.errors import UserError
 
 #: How deep below a given folder exports are looked for (``exports/<ds>/<det>/qat/<method>/<model>`` is 6).
 SEARCH_DEPTH = 7
-SHIP = Path("reports") / "ship.json"
+SHIP = SHIP_PATH
 
 
 def is_export(folder: Path) -> bool:
@@ -92,10 +93,9 @@ def benchmark_relpath(manifest: dict[str, Any]) -> Path:
     """Where the benchmark stage writes this export's latencies, relative to the repository:
     ``metrics/benchmark/<ds>/<det>/<model>.json``, ``.../qat/<method>/<parent>.json`` for QAT."""
     m = manifest["model"]
-    base = Path("metrics") / "benchmark" / m["dataset"] / m["detector"]
     if is_qat(manifest):
-        return base / "qat" / str(m["qat_method"]) / f"{m.get('parent', m['model'])}.json"
-    return base / f"{m['model']}.json"
+        return benchmark_metrics_path(m["dataset"], m["detector"], m.get("parent", m["model"]), str(m["qat_method"]))
+    return benchmark_metrics_path(m["dataset"], m["detector"], m["model"])
 
 
 def up_from(start: Path, relative: Path) -> Path | None:

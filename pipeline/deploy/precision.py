@@ -23,7 +23,7 @@
   the dequantized activation (:func:`quantized_inputs_only`: a residual Add keeps the float
   value, as in NVIDIA's QAT toolkits). Quantization-aware training (``pipeline/quant``)
   fake-quantizes exactly these inputs, so its export has the same placement.
-* Both int8 variants keep the logit layers in float32 (:func:`score_layers`: GFL's ``gfl_cls``
+* Both int8 variants keep the logit layers in float32 (:func:`pipeline.quant.placement.score_layers`: GFL's ``gfl_cls``
   and ``gfl_reg`` convs, Faster R-CNN's ``cls_score``): per-tensor int8 on the logits that feed
   the score sigmoid cost the distilled GFL ResNet-18 of the default 8.5 mAP50 (10.75 -> 2.30;
   uint8: 6.41); with ``gfl_cls`` in float32 the drop was 0.13.
@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import UserError
+from pipeline.quant.placement import QUANTIZED_OPS, score_layers
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")
 #: The variants meant for TensorRT (checked against its parser, built into engines); the others
@@ -46,8 +47,6 @@ PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 #: The layers of the network (post-processing has none of these ops in either detector).
 LAYER_OPS = ("Conv", "Gemm", "Relu", "MaxPool", "Resize", "Flatten")
-#: What int8 quantises (TensorRT runs these in int8 given Q/DQ on their inputs).
-QUANTIZED_OPS = ("Conv", "Gemm")
 
 
 def artifact_name(precision: str) -> str:
@@ -82,33 +81,6 @@ def network_nodes(graph: onnx.ModelProto) -> list[str]:
                 chosen.add(n.name)
                 changed = True
     return [n.name for n in nodes if n.name in chosen]
-
-
-#: Ops that only move, reshape or rescale values (GFL's per-level Scale is a Mul): a score layer may
-#: reach its sigmoid/softmax through them.
-_SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Gather",
-              "Identity", "Mul")
-
-
-def score_layers(graph: onnx.ModelProto) -> list[str]:
-    """The Conv/Gemm nodes whose output reaches a Sigmoid or Softmax through shape-only ops: the
-    logits of the scores and of GFL's box distributions (small layers whose int8 rounding moves
-    every score and every box edge)."""
-    nodes = list(graph.graph.node)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def reaches_score(tensor: str, depth: int = 0) -> bool:
-        for c in consumers.get(tensor, []):
-            if c.op_type in ("Sigmoid", "Softmax"):
-                return True
-            if c.op_type in _SHAPE_OPS and depth < 8 and any(reaches_score(o, depth + 1) for o in c.output):
-                return True
-        return False
-
-    return [n.name for n in nodes if n.op_type in QUANTIZED_OPS and reaches_score(n.output[0])]
 
 
 # inputs that must keep their own type in a float16 region (Resize's roi and scales)

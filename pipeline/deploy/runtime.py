@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import transforms as T
+from pipeline.deploy import cuda
 from pipeline.deploy.manifest import artifact_entry, check_engine_compat, read_manifest
 from pipeline.errors import UserError
 
@@ -246,14 +247,12 @@ class TensorRTBackend:  # pragma: no cover
         except ImportError:
             raise UserError(f"{path}: running an engine needs TensorRT: pip install '.[tensorrt]' "
                             "(or use model.onnx with onnxruntime)") from None
-        cudart = _cudart()
-        name, capability = gpu_identity(cudart)
+        cudart = cuda.cudart()
+        name, capability = cuda.gpu_identity(cudart)
         check_engine_compat(entry, path.name, trt.__version__, name, capability)
         self._trt, self._cudart = trt, cudart
         logger = trt.Logger(trt.Logger.WARNING)
-        from pipeline.deploy.tensorrt_build import init_plugins
-
-        init_plugins(trt, logger)                  # before deserialising: ROIAlign is a plugin
+        cuda.init_plugins(trt, logger)             # before deserialising: ROIAlign is a plugin
         self._runtime = trt.Runtime(logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
@@ -261,8 +260,8 @@ class TensorRTBackend:  # pragma: no cover
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise UserError(f"{path}: TensorRT could not create an execution context (GPU memory?)")
-        self.stream = _check(cudart.cudaStreamCreate())
-        self.buffers = DeviceBuffers(lambda n: _check(cudart.cudaMalloc(n)), cudart.cudaFree)
+        self.stream = cuda.check(cudart.cudaStreamCreate())
+        self.buffers = DeviceBuffers(lambda n: cuda.check(cudart.cudaMalloc(n)), cudart.cudaFree)
         self.providers = [f"TensorRT {trt.__version__}"]
 
     def run(self, images: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
@@ -281,40 +280,15 @@ class TensorRTBackend:  # pragma: no cover
             if not self.context.set_tensor_address(name, self.buffers.get(name, array.nbytes)):
                 raise UserError(f"TensorRT refused the device address of {name}")
         for name, array in host.items():
-            _check(cudart.cudaMemcpyAsync(self.buffers.get(name, array.nbytes), array.ctypes.data, array.nbytes,
-                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+            cuda.check(cudart.cudaMemcpyAsync(self.buffers.get(name, array.nbytes), array.ctypes.data, array.nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
         if not self.context.execute_async_v3(self.stream):
             raise UserError("TensorRT execution failed; rebuild the engine on this machine")
         for name, array in outputs.items():
-            _check(cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers.get(name, array.nbytes), array.nbytes,
-                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-        _check(cudart.cudaStreamSynchronize(self.stream))
+            cuda.check(cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers.get(name, array.nbytes), array.nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+        cuda.check(cudart.cudaStreamSynchronize(self.stream))
         return [outputs["num_dets"], outputs["boxes"], outputs["scores"], outputs["labels"]]
-
-
-def _cudart():  # pragma: no cover - needs cuda-python and a GPU (not on the project's machines)
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            raise UserError("running an engine needs cuda-python: pip install '.[tensorrt]'") from None
-    return cudart
-
-
-def _check(result):  # pragma: no cover - cuda-python calls return (error, value...)
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise UserError(f"CUDA error {err}; is a GPU visible (nvidia-smi)?")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def gpu_identity(cudart) -> tuple[str, str]:  # pragma: no cover - needs a GPU
-    """``(GPU name, "major.minor")`` of device 0."""
-    props = _check(cudart.cudaGetDeviceProperties(0))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 "), f"{props.major}.{props.minor}"
 
 
 class DeployedDetector:

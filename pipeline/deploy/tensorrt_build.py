@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.deploy import cuda
 from pipeline.deploy.manifest import sha256
 from pipeline.errors import UserError
 
@@ -27,9 +28,7 @@ def tensorrt_unavailable() -> str | None:
         return ("tensorrt is not installed (pip install '.[tensorrt]'; its wheels download from NVIDIA's "
                 "index, which this machine cannot reach)")
     try:  # pragma: no cover - only reached with TensorRT installed
-        from pipeline.deploy.runtime import _cudart, gpu_identity
-
-        gpu_identity(_cudart())
+        cuda.gpu_identity(cuda.cudart())
     except UserError as err:  # pragma: no cover
         return f"no usable CUDA GPU ({err})"
     return None  # pragma: no cover
@@ -67,13 +66,6 @@ def profile_shapes(input_shape: list[int] | tuple[int, ...], dynamic_batch: bool
 # ---------------------------------------------------------------------------------------------
 
 
-def init_plugins(trt, logger) -> None:  # pragma: no cover
-    """Register TensorRT's plugin library (ROIAlign for Faster R-CNN's RoiAlign lives there)."""
-    if not trt.init_libnvinfer_plugins(logger, ""):
-        raise UserError("TensorRT could not initialise its plugin library (libnvinfer_plugin); check the "
-                        "TensorRT installation")
-
-
 def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, list[int]], workspace_mib: int,
                  cache_path: Path) -> dict[str, Any]:  # pragma: no cover
     """Parse ``onnx_path`` into a strongly typed network and serialise its plan to ``engine_path``.
@@ -84,10 +76,8 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, list[int]
     """
     import tensorrt as trt
 
-    from pipeline.deploy.runtime import _cudart, gpu_identity
-
     logger = trt.Logger(trt.Logger.WARNING)
-    init_plugins(trt, logger)
+    cuda.init_plugins(trt, logger)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -112,7 +102,7 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, list[int]
         raise UserError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
     engine_path.write_bytes(bytes(plan))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    gpu_name, capability = gpu_identity(_cudart())
+    gpu_name, capability = cuda.gpu_identity(cuda.cudart())
     return {"kind": "engine", "source_onnx": onnx_path.name, "onnx_sha256": sha256(onnx_path),
             "sha256": sha256(engine_path), "tensorrt_version": trt.__version__, "gpu_name": gpu_name,
             "compute_capability": capability, "strongly_typed": True,

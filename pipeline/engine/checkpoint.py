@@ -20,8 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.engine.runs import RunId
 from pipeline.errors import UserError
 from pipeline.io import atomic_file
+from pipeline.models.detector import Detector
+from pipeline.models.factory import build_detector
 
 FORMAT = "gkd-bmfi/1"
 
@@ -107,3 +110,16 @@ def load_weights(path: Path, model: nn.Module, expected: Arch, what: str = "mode
         raise UserError(f"{path}: state dict does not fit the {what} ({kind} tensors such as {names}); "
                         "the checkpoint comes from a different code version, re-train it")
     return meta
+
+
+def load_trained(run: RunId, class_names: list[str] | tuple[str, ...], fpn_channels: int
+                 ) -> tuple[Detector, dict[str, Any]]:
+    """The model file of ``run`` in a freshly built detector: ``(model, meta)``.
+
+    The file's architecture is checked against the run's detector and backbone, the dataset's
+    ``class_names`` and params' ``fpn_channels`` first, so a mismatch ends with one line.
+    """
+    arch, _, _ = read_model_file(run.model_path)
+    model = build_detector(arch.detector, arch.backbone, arch.num_classes, "none", arch.fpn_channels)
+    expected = Arch(run.detector, run.backbone, len(class_names), tuple(class_names), fpn_channels)
+    return model, load_weights(run.model_path, model, expected)

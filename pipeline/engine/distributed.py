@@ -36,6 +36,15 @@ from torch import nn
 from pipeline.errors import UserError
 
 
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("params.yaml: train.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
 @dataclass(frozen=True)
 class DistEnv:
     """This process's place among the data-parallel processes."""

@@ -27,10 +27,6 @@ from dvclive import Live
 DEFAULT_EVERY = 10
 
 
-def live_dir(dataset: str, detector: str, model: str) -> Path:
-    return Path("dvclive") / dataset / detector / model
-
-
 def _prune(folder: Path, first_stale_step: int) -> None:
     """Drop the rows with ``step >= first_stale_step`` from every tsv under ``folder``."""
     for tsv in folder.glob("plots/metrics/**/*.tsv"):
@@ -65,7 +61,7 @@ class TrainingLog:
     """The trainer's metrics sink (see :func:`pipeline.engine.trainer.train`'s ``log``).
 
     Args:
-        folder: the run's DVCLive folder (:func:`live_dir`).
+        folder: the run's DVCLive folder (:func:`pipeline.artifacts.live_dir`).
         start_iteration: the first iteration this process runs (0, or where it resumes).
         every: log the step metrics every this many iterations.
     """

@@ -9,16 +9,23 @@ import hashlib
 import json
 from typing import Any
 
+from pipeline.artifacts import curated_path
 from pipeline.config import Params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.engine.checkpoint import Arch
-from pipeline.engine.runs import RunId, curated_path, fingerprint
+from pipeline.engine.runs import RunId
 from pipeline.engine.trainer import LoopConfig
 from pipeline.io import file_sha256
 
 #: LoopConfig fields that do not change the trained weights: a run resumes across a change of them
 #: (the flips are drawn from (seed, epoch, index), so the data order is the same for any worker count).
 NOT_IN_WEIGHTS = ("num_workers",)
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable hash of json-serialisable configuration parts (for resuming checkpoints)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def role_epochs(params: Params, role: str) -> int:

@@ -1,8 +1,9 @@
 """The QAT model -> a TensorRT-valid Q/DQ ONNX graph whose scales are the trained fake quantizers'.
 
-Steps: export the folded float model (quantizers ``off``) with the project's exporter (NMS
-inside, the same graph contract as ``model.onnx``), then insert, in front of every quantized
-Conv/Gemm node,
+Steps: the caller (:func:`pipeline.deploy.bundle.export_qat_bundle`) exports the folded float
+model (quantizers ``off``) with the project's exporter (NMS inside, the same graph contract as
+``model.onnx``) and hands over that graph and the export module it traced; this module inserts,
+in front of every quantized Conv/Gemm node,
 
 * ``QuantizeLinear -> DequantizeLinear`` on its input: int8, zero point 0, the module's per-tensor
   ``scale = amax / 127`` (one pair per tensor and scale, shared by the consumers that agree);
@@ -24,11 +25,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from pipeline.deploy.export_onnx import export_module
-from pipeline.deploy.precision import QUANTIZED_OPS
 from pipeline.errors import UserError
 from pipeline.models.detector import Detector
 from pipeline.quant.fake_quant import QMAX, QMIN, weight_scales
+from pipeline.quant.placement import QUANTIZED_OPS
 from pipeline.quant.qat import quantized_modules
 
 
@@ -119,11 +119,13 @@ def _activation_qdq(g: onnx.GraphProto, tensor: str, scale: float, index: int, n
     return f"{base}_dq"
 
 
-def write_qdq(fp32: Path, dst: Path, model: Detector, input_hw: tuple[int, int]) -> dict:
+def write_qdq(fp32: Path, dst: Path, model: Detector, export: nn.Module) -> dict:
     """Read the folded float export ``fp32`` of ``model``, insert the Q/DQ and write ``dst``;
-    returns the recipe."""
+    returns the recipe. ``export`` is the export module ``fp32`` was traced from
+    (:func:`pipeline.deploy.export_onnx.export_module` of ``model``, handed over by the exporter):
+    its parameter paths name the graph's weights."""
     graph = onnx.load(str(fp32))
-    targets = insert_qdq(graph, model, export_module(model, input_hw))
+    targets = insert_qdq(graph, model, export)
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(dst), save_as_external_data=False)
     float_layers = sorted(n.name for n in graph.graph.node if n.op_type in QUANTIZED_OPS and n.name not in targets)

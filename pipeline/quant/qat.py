@@ -2,9 +2,9 @@
 
 :func:`prepare_qat` folds BatchNorm (:mod:`pipeline.quant.fold`) and turns every Conv2d/Linear
 of the network into its fake-quant twin (:mod:`pipeline.quant.fake_quant`), except the layers the
-int8 export keeps in float32 (:data:`FLOAT32_LAYERS`, the logits of the scores and of GFL's box
-distributions, :func:`pipeline.deploy.precision.score_layers`). That is the placement of the
-TensorRT-targeted ``model-int8.onnx``: a Q/DQ pair on the input of each quantized Conv/Gemm,
+int8 export keeps in float32 (:data:`pipeline.quant.placement.FLOAT32_LAYERS`, the logits of the
+scores and of GFL's box distributions; :mod:`pipeline.quant.placement` holds the rule both int8
+paths read). That is the placement of the TensorRT-targeted ``model-int8.onnx``: a Q/DQ pair on the input of each quantized Conv/Gemm,
 per-channel Q/DQ on its weight, float32 bias, nothing on outputs. ``tests/test_qat.py`` checks
 the two placements are the same node for node.
 
@@ -29,11 +29,9 @@ from pipeline.models.detector import Detector
 from pipeline.models.factory import build_detector
 from pipeline.quant.fake_quant import ActivationQuantizer, QuantConv2d, QuantLinear, quantize_module
 from pipeline.quant.fold import fold_batchnorms
+from pipeline.quant.placement import FLOAT32_LAYERS
 from pipeline.structures import Batch
 
-#: Module names kept in float32 per detector: the same layers as the int8 export's ``score_layers``.
-FLOAT32_LAYERS = {"gfl": ("head.gfl_cls", "head.gfl_reg"),
-                  "faster_rcnn": ("head.roi_head.box_predictor.cls_score",)}
 #: What the model file's meta says about the quantization (also the manifest's recipe).
 SCHEME = {"activations": "int8 symmetric per tensor, amax by min-max calibration on train images, fixed",
           "weights": "int8 symmetric per output channel, scale max|W_c|/127 of the trained weights",

@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline import artifacts
 from pipeline.errors import UserError
 from pipeline.io import read_json
 from pipeline.report.int8_table import sensitivity_section
@@ -177,43 +178,44 @@ def ship_section(ship: dict[str, Any] | None) -> str:
 def section(dataset: str, detector: str, root: Path, report_dir: Path, ship: dict[str, Any] | None = None) -> str:
     """The markdown of one (dataset, detector)."""
     root = Path(root)
-    rows = model_rows(root / "metrics" / dataset / detector)
-    bench_dir = root / "metrics" / "benchmark" / dataset / detector
+    rows = model_rows(root / artifacts.metrics_dir(dataset, detector))
+    bench_dir = root / artifacts.benchmark_metrics_dir(dataset, detector)
     parts = [f"## {dataset} / {detector}", "", "### Models", "", models_table(rows, bench_dir), ""]
     per_class = per_class_markdown([(r["model"], r) for r in rows])
     if per_class:
         parts += ["### Per class (val AP at IoU 0.5, %)", "", *per_class, ""]
     parts += ["### Latency (batch 1) and accuracy per backend", "",
               latency_table(bench_dir, [r["model"] for r in rows if r["role"] != "teacher"]), ""]
-    parts += sensitivity_section(root / "exports" / dataset / detector)
+    parts += sensitivity_section(root / artifacts.exports_root(dataset, detector))
     variants = [c for c in ((ship or {}).get("datasets", {}).get(dataset, {}).get("candidates", []))
                 if c.get("detector") == detector]
     if variants:
         parts += ["### Per class, every exported variant on the runtime timed (reports/ship.json)", "",
                   *per_class_markdown([(label({**c, "detector": None}), c) for c in variants]), ""]
-    pareto = root / "plots" / "benchmark" / f"{dataset}_{detector}.png"
+    pareto = root / artifacts.benchmark_plot_path(dataset, detector)
     if pareto.is_file():
         parts += [f"![mAP50 against latency, every exported variant]({_link(pareto, report_dir)})", ""]
     for kind, title in (("distill", "Distillation"), ("qat", "Quantization-aware training (int8)")):
-        table = root / "reports" / "tables" / f"{kind}_{dataset}_{detector}.md"
+        table = root / artifacts.table_paths(kind, dataset, detector)[0]
         if table.is_file():
             text = table.read_text().strip()
             demoted = ("#### " + line.lstrip("# ") if line.startswith("#") else line for line in text.splitlines())
             parts += [f"### {title}", "", "\n".join(demoted), ""]
-    pictured = [r["model"] for r in rows if (root / "plots" / "eval" / dataset / detector / r["model"]).is_dir()]
-    if any((root / "plots" / "eval" / dataset / detector / m / "predictions.png").is_file() for m in pictured):
+    pictures = {r["model"]: root / artifacts.eval_pictures_dir(dataset, detector, r["model"]) for r in rows}
+    pictured = [m for m, folder in pictures.items() if folder.is_dir()]
+    if any((pictures[m] / "predictions.png").is_file() for m in pictured):
         parts += ["### What each model detects", "",
                   "Val images with the ground truth in white and the detections (score >= `eval.picture_score`) "
                   "in class colours; precision-recall at IoU 0.5; the confusion matrix's last row counts "
                   "detections of nothing, its last column missed objects.", "",
                   "| model | detections | precision-recall | confusion |", "| --- | --- | --- | --- |"]
         for model in pictured:
-            folder = root / "plots" / "eval" / dataset / detector / model
+            folder = pictures[model]
             cells = [f"![{model} {name}]({_link(folder / f'{name}.png', report_dir)})"
                      if (folder / f"{name}.png").is_file() else "-" for name in ("predictions", "pr_curves", "confusion")]
             parts.append(f"| {model} | " + " | ".join(cells) + " |")
         parts.append("")
-    maps = sorted((root / "plots" / "gradmaps" / dataset / detector).glob("*/*.png"))
+    maps = sorted((root / artifacts.gradmaps_root(dataset, detector)).glob("*/*.png"))
     if maps:
         parts += ["### Gradient maps (teacher, student at the start and end of distillation)", ""]
         parts += [f"![{p.parent.name} {p.stem}]({_link(p, report_dir)})" for p in maps[:6]]
@@ -222,13 +224,13 @@ def section(dataset: str, detector: str, root: Path, report_dir: Path, ship: dic
 
 
 def summary(datasets: tuple[str, ...], detectors: tuple[str, ...], root: Path = Path("."),
-            report_dir: Path = Path("reports")) -> str:
+            report_dir: Path = artifacts.SUMMARY_PATH.parent) -> str:
     """The whole ``reports/summary.md``: "What to ship" first, then one section per (dataset, detector)."""
     head = ["# Summary", "",
             "mAP in percent on the val split (`mAP50`: COCO AP at IoU 0.5; `voc_mAP50`: VOC area AP at IoU 0.5,"
             " the paper's KITTI metric). Latency in milliseconds. Numbers come from `metrics/` and"
             " `reports/ship.json`; re-run `dvc repro` to refresh.", ""]
-    ship_path = Path(root) / "reports" / "ship.json"
+    ship_path = Path(root) / artifacts.SHIP_PATH
     ship = read_ship(ship_path) if ship_path.is_file() else None
     return "\n".join(head + [ship_section(ship)]
                      + [section(ds, det, root, Path(root) / report_dir, ship) for ds in datasets for det in detectors])

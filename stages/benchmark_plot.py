@@ -1,6 +1,6 @@
 """DVC stage `benchmark_plot@<dataset>-<detector>`: the accuracy-against-latency plot of every variant.
 
-    python stages/pareto.py <dataset> <detector>
+    python stages/benchmark_plot.py <dataset> <detector>
         -> plots/benchmark/<dataset>_<detector>.png: every exported variant of every model of that
            detector (QAT exports included) from reports/ship.json: mAP50 with its 95% interval
            against the p50-p90 latency spread, numbered labels listed under the plot, the frontier
@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.artifacts import SHIP_PATH, benchmark_plot_path
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.report.pareto import plot_candidates
 from pipeline.report.ship import read_ship
-
-
-def plot_path(dataset: str, detector: str) -> Path:
-    return Path("plots") / "benchmark" / f"{dataset}_{detector}.png"
 
 
 @exit_on_user_error
@@ -25,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
     parser.add_argument("detector")
-    parser.add_argument("--ship", type=Path, default=Path("reports") / "ship.json")
+    parser.add_argument("--ship", type=Path, default=SHIP_PATH)
     args = parser.parse_args(argv)
 
     ship = read_ship(args.ship)
@@ -34,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.ship}: no dataset {args.dataset!r} (it has {', '.join(ship['datasets']) or 'none'}); "
                         "run the ship stage (dvc repro ship) after adding it to datasets")
     mine = [c for c in block["candidates"] if c.get("detector") == args.detector]
-    out = plot_path(args.dataset, args.detector)
+    out = benchmark_plot_path(args.dataset, args.detector)
     n = plot_candidates(mine, out, f"{args.dataset} / {args.detector}: every exported variant, accuracy vs latency",
                         ship.get("budgets_ms", ()))
     print(f"plotted {n} variants -> {out}")

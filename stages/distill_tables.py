@@ -9,16 +9,14 @@ balanced, and, when ablation methods (``mfi``, ``bmfi``, ``gkd``) ran, a Table-3
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-
+from pipeline.artifacts import curated_path, metrics_dir, replica_copy, table_paths
 from pipeline.config import load_params
 from pipeline.data.dataset import load_curated
-from pipeline.engine.runs import RunId, curated_path
+from pipeline.engine.runs import RunId
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_file, write_json
 from pipeline.metrics.bootstrap import ImageMatches, image_matches, load_detections
-from pipeline.replicas import replica_path
 from pipeline.report.tables import ablation_rows, distill_rows, markdown
 
 
@@ -34,17 +32,12 @@ def val_matches(dataset: str, detector: str, models: list[str], seeds: tuple[int
     out = {}
     for model in models:
         run = RunId(dataset, detector, model)
-        paths = [run.detections_path] + [replica_path(run.detections_path.parent, seed, run.backbone)
+        paths = [run.detections_path] + [replica_copy(run.detections_path.parent, seed, run.backbone)
                                          / run.detections_path.name for seed in seeds]
         found = [image_matches(val, load_detections(p)) for p in paths if p.is_file()]
         if found and paths[0].is_file():
             out[model] = found
     return out
-
-
-def table_paths(dataset: str, detector: str) -> tuple[Path, Path]:
-    stem = Path("reports") / "tables" / f"distill_{dataset}_{detector}"
-    return stem.with_suffix(".md"), stem.with_suffix(".json")
 
 
 @exit_on_user_error
@@ -56,12 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     d = load_params(args.params).distill
-    metrics_dir = Path("metrics") / args.dataset / args.detector
+    metrics = metrics_dir(args.dataset, args.detector)
     models = [f"{role}-{s}" for s in d.students for role in ("baseline", *d.methods)]
-    rows = distill_rows(metrics_dir, d.teacher, d.students, d.methods,
+    rows = distill_rows(metrics, d.teacher, d.students, d.methods,
                         val_matches(args.dataset, args.detector, models, d.extra_seeds))
-    ablation = ablation_rows(metrics_dir, d.students, d.methods)
-    md_path, json_path = table_paths(args.dataset, args.detector)
+    ablation = ablation_rows(metrics, d.students, d.methods)
+    md_path, json_path = table_paths("distill", args.dataset, args.detector)
     text = markdown(args.dataset, args.detector, rows, ablation)
     with atomic_file(md_path) as handle:
         handle.write(text)
