@@ -361,7 +361,7 @@ class DeployParams(Record):
     (:mod:`pipeline.report.ship`).
 
     ``int8_float32``: which Conv/Gemm layers both int8 files keep in float32: ``score_layers`` (the
-    logit layers, :func:`pipeline.deploy.precision.score_layers`) or ``auto`` (the smallest set of
+    logit layers, :func:`pipeline.quant.placement.score_layers`) or ``auto`` (the smallest set of
     layer groups, chosen greedily from the int8 sensitivity table starting from the score layers,
     whose measured drop stays within ``int8_max_drop`` mAP50 points of fp32:
     :mod:`pipeline.deploy.int8_sensitivity`). The table itself (per layer group, the drop with it

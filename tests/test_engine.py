@@ -287,3 +287,29 @@ def test_training_log_works_in_a_git_repository_without_commits(tmp_path, monkey
     log.step(0, {"loss": 1.0})
     log.close()
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().startswith("step\tloss")
+
+
+def test_every_distill_setting_has_one_scope_and_the_stages_read_the_others():
+    """SETTING_SCOPES classifies every ``distill`` setting once; the GKD family's settings hold
+    ``gkd`` but the per-detector weights, which are replaced by this detector's; and the distill
+    stage lists exactly the ``stage`` settings as params (the rest reaches it via kd_settings)."""
+    import yaml
+
+    from pipeline.config import DistillParams, GKDParams, GKDWeights
+    from pipeline.distill.methods import SETTING_SCOPES, method_settings
+
+    from conftest import REPO
+
+    top = set(DistillParams.model_fields)
+    assert {k for k in SETTING_SCOPES if "." not in k} == top
+    assert {k.split(".", 1)[1] for k in SETTING_SCOPES if k.startswith("gkd.")} <= set(GKDParams.model_fields)
+    own = {k.split(".", 1)[1] for k, s in SETTING_SCOPES.items() if k.startswith("gkd.") and s == "own weights"}
+    assert own == {f for f, info in GKDParams.model_fields.items() if info.annotation is GKDWeights} | {"datasets"}
+
+    settings = method_settings("gkd_bmfi", "gfl", DistillParams(), "synthetic")
+    assert set(settings["gkd"]) == (set(GKDParams.model_fields) - own) | set(GKDWeights.model_fields)
+    assert settings["gkd"]["gkd_weight"] == DistillParams().gkd.gfl.gkd_weight
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    read = {p.removeprefix("distill.") for p in stages["distill"]["params"] if p.startswith("distill.")}
+    assert read == {k for k, s in SETTING_SCOPES.items() if s == "stage"}

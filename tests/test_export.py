@@ -707,7 +707,8 @@ def test_reduced_precision_covers_every_conv_and_gemm_and_keeps_boxes_in_fp32(tm
     """fp16 and int8 select the network by op type: every Conv and Gemm of both detectors (the
     RPN head and the RoI box head of Faster R-CNN included) runs reduced, while NMS and RoIAlign
     read float32 boxes (the name scopes used before missed the RPN and box heads)."""
-    from pipeline.deploy.precision import score_layers, to_fp16, to_int8
+    from pipeline.deploy.precision import to_fp16, to_int8
+    from pipeline.quant.placement import score_layers
 
     export_onnx(tiny_model(detector), tmp_path / "model.onnx", INPUT.padded_shape, simplify=True)
     to_fp16(tmp_path / "model.onnx", tmp_path / "model-fp16.onnx")

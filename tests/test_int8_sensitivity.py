@@ -16,9 +16,10 @@ from pipeline.deploy import bundle
 from pipeline.deploy.export_onnx import export_onnx
 from pipeline.deploy.int8_sensitivity import choose_float32, keep_float32, layer_groups, sensitivity_table
 from pipeline.deploy.manifest import read_manifest
-from pipeline.deploy.precision import QUANTIZED_OPS, score_layers, to_int8
+from pipeline.deploy.precision import to_int8
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir
+from pipeline.quant.placement import QUANTIZED_OPS, score_layers
 from test_export import export_folder, reuse_shared_graph, tiny_model, tiny_params, world  # noqa: F401
 
 GFL_GROUPS = ["backbone.stem", "backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4", "fpn",

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.data.dataset import collate
 from pipeline.deploy.export_onnx import export_module, export_onnx
-from pipeline.deploy.precision import QUANTIZED_OPS, score_layers, to_int8
+from pipeline.deploy.precision import to_int8
 from pipeline.deploy.runtime import OnnxBackend
 from pipeline.deploy.trt_readiness import check_graph
 from pipeline.engine.checkpoint import Arch, save_model
@@ -20,6 +20,7 @@ from pipeline.errors import UserError
 from pipeline.quant.export_qdq import write_qdq
 from pipeline.quant.fake_quant import QMAX, QMIN, fake_quant
 from pipeline.quant.fold import fold_batchnorms
+from pipeline.quant.placement import QUANTIZED_OPS, score_layers
 from pipeline.quant.qat import (calibrate_activations, load_qat_model, prepare_qat, quantized_modules, quantizer_mode,
                                 save_qat_model)
 from test_export import CLASSES, INPUT, dequantize_input_types, tiny_model
@@ -143,7 +144,7 @@ def test_fake_quant_placement_is_the_int8_exports_placement(tmp_path, detector):
     calibrate_activations(model, [collate_images(images(2, s)) for s in range(2)], torch.device("cpu"))
     with quantizer_mode(model, "off"):
         export_onnx(model, tmp_path / "folded.onnx", HW, simplify=True)
-    recipe = write_qdq(tmp_path / "folded.onnx", tmp_path / "qat.onnx", model, HW)
+    recipe = write_qdq(tmp_path / "folded.onnx", tmp_path / "qat.onnx", model, export_module(model, HW))
     qat_graph = onnx.load(str(tmp_path / "qat.onnx"))
     qat = quantized_nodes(qat_graph)
 
@@ -165,7 +166,7 @@ def test_qat_graph_is_tensorrt_ready_and_agrees_with_the_fake_quant_model(tmp_pa
     model = calibrated_qat_model(detector)
     with quantizer_mode(model, "off"):
         export_onnx(model, tmp_path / "folded.onnx", HW, simplify=True)
-    write_qdq(tmp_path / "folded.onnx", tmp_path / "qat.onnx", model, HW)
+    write_qdq(tmp_path / "folded.onnx", tmp_path / "qat.onnx", model, export_module(model, HW))
     graph = onnx.load(str(tmp_path / "qat.onnx"))
     assert check_graph(tmp_path / "qat.onnx")["ready"]
     types = dequantize_input_types(graph)

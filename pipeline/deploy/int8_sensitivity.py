@@ -11,7 +11,7 @@ the graph ``quantize_static`` writes with those nodes excluded, without calibrat
   (every other group float32) and with that group alone kept float32 (every other group int8),
   plus the drop with everything int8.
 * :func:`choose_float32`: the ``auto`` float32 set. Start from the score-layer groups (the fixed
-  rule, :func:`pipeline.deploy.precision.score_layers`); while the measured drop exceeds the bound
+  rule, :func:`pipeline.quant.placement.score_layers`); while the measured drop exceeds the bound
   add the remaining group whose int8 alone costs most (ties: the one whose float32 recovers most,
   then table order); then drop each chosen group, least costly first, whose removal keeps the drop
   within the bound. Every set tried is measured, never estimated from the table. At least one
@@ -31,8 +31,8 @@ from typing import Any
 import onnx
 
 from pipeline.data.dataset import CuratedDataset, spread_indices
-from pipeline.deploy.precision import QUANTIZED_OPS
 from pipeline.errors import UserError
+from pipeline.quant.placement import QUANTIZED_OPS
 
 #: ``(group, pattern)`` on Conv/Gemm node names (the exporter's module paths; a per-level copy of a
 #: shared head layer ends in ``_<n>``); the first match wins, an unmatched node goes to

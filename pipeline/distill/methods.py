@@ -142,24 +142,55 @@ def paper_overrides(name: str, detector: str, method: KDMethod, params: DistillP
     return {"baselines": {name: {detector: method.loss_weights()}}}
 
 
+#: Where each ``distill`` setting reaches a run: the one definition of which settings enter a
+#: distill (or qat) run's resume key and its ``kd_settings`` file (:func:`method_settings`), and
+#: which its DVC stage reads from params itself. Dotted keys under ``distill``; a ``gkd.<field>``
+#: entry overrides ``gkd``'s for that field.
+#:
+#: * ``every``: in the settings of every method;
+#: * ``kd``: of every method with KD terms (not ``inherit_only``);
+#: * ``gkd``: of the GKD-BMFI family;
+#: * ``own weights``: only this detector's (and dataset's) entry, of the methods it belongs to
+#:   (``gkd.<detector>`` / ``gkd.datasets.<dataset>.<detector>`` for the family,
+#:   ``baselines.<method>.<detector>`` for a baseline);
+#: * ``stage``: not in the settings file; the stage reads it from params and dvc.yaml lists it
+#:   (``epochs`` enters the resume key through the loop settings; ``gradmap_images`` changes the
+#:   pictures, not the weights);
+#: * ``matrix``: which stages exist, nothing inside one.
+SETTING_SCOPES: dict[str, str] = {
+    "teacher": "every", "inherit": "every", "gkd.signed": "every",
+    "gkd": "gkd", "student_grad": "gkd",
+    "balance": "kd",
+    "gkd.gfl": "own weights", "gkd.faster_rcnn": "own weights", "gkd.datasets": "own weights",
+    "baselines": "own weights",
+    "epochs": "stage", "gradmap_images": "stage",
+    "students": "matrix", "methods": "matrix", "extra_seeds": "matrix",
+}
+
+
+def _gkd_fields_of(scope: str) -> set[str]:
+    """The ``gkd`` fields whose own entry in :data:`SETTING_SCOPES` is ``scope``."""
+    return {key.split(".", 1)[1] for key, s in SETTING_SCOPES.items() if key.startswith("gkd.") and s == scope}
+
+
 def method_settings(name: str, detector: str, params: DistillParams, dataset: str | None = None) -> dict:
     """Every ``distill`` setting that a run of method ``name`` for ``detector`` on ``dataset``
     reads, resolved (json-serialisable): the one list of what enters that run's resume key and the
     ``kd_settings`` file its DVC stage depends on, so that editing another method's settings, or
     another detector's or dataset's weights, neither restarts the run nor makes it stale.
 
-    All methods: the teacher, ``inherit`` and ``gkd.signed`` (the gradient-map pictures). The
-    GKD-BMFI family: ``distill.gkd`` with the weights of this dataset and detector only,
-    ``student_grad`` and ``balance``. A baseline: its module's ``DEFAULTS`` for the detector with
-    ``distill.baselines.<name>.<detector>`` over them, and ``balance``. ``inherit_only``: nothing
-    more (it has no KD term to balance).
+    :data:`SETTING_SCOPES` says which: all methods: the teacher, ``inherit`` and ``gkd.signed``
+    (the gradient-map pictures). The GKD-BMFI family: ``distill.gkd`` with the weights of this
+    dataset and detector only, ``student_grad`` and ``balance``. A baseline: its module's
+    ``DEFAULTS`` for the detector with ``distill.baselines.<name>.<detector>`` over them, and
+    ``balance``. ``inherit_only``: nothing more (it has no KD term to balance).
     """
     check_method(name)
     settings: dict = {"method": name, "teacher": params.teacher, "inherit": params.inherit,
                       "gradmaps_signed": params.gkd.signed}
     if name in GKD_FAMILY:
         g = params.gkd
-        settings["gkd"] = {**g.model_dump(mode="json", exclude={"gfl", "faster_rcnn", "datasets"}),
+        settings["gkd"] = {**g.model_dump(mode="json", exclude=_gkd_fields_of("own weights")),
                            **g.weights(dataset, detector).model_dump(mode="json")}
         settings["student_grad"] = params.student_grad
     elif name != "inherit_only":
