@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.data.dataset import load_curated  # noqa: E402
-from pipeline.artifacts import balance_log_path, curated_path, raw_dir  # noqa: E402
+from pipeline.artifacts import DATA_ROOT, balance_log_path, curated_path, raw_dir  # noqa: E402
 from pipeline.engine.runs import RunId  # noqa: E402
 from pipeline.metrics.bootstrap import image_matches, load_detections, paired_gain  # noqa: E402
 from pipeline.io import working_dir  # noqa: E402
@@ -169,7 +169,7 @@ def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: 
                 with working_dir(root):
                     prepare(folder.relative_to(root), profile_params(args.profile, seed, by_balance[balance] or
                                                                      ("inherit_only",), balance, args.shares),
-                            [Path("data"), teacher.model_path])
+                            [DATA_ROOT, teacher.model_path])
                 model = f"{method}-{STUDENT}"
                 run = RunId(DATASET, DETECTOR, model)
                 fn = ((lambda: train.main([DATASET, DETECTOR, model])) if method == "baseline"

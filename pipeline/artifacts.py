@@ -31,8 +31,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RAW_ROOT = Path("data") / "raw"
-CURATED_ROOT = Path("data") / "curated"
+DATA_ROOT = Path("data")
+RAW_ROOT = DATA_ROOT / "raw"
+CURATED_ROOT = DATA_ROOT / "curated"
 SHIP_PATH = Path("reports") / "ship.json"
 SUMMARY_PATH = Path("reports") / "summary.md"
 TABLES_DIR = Path("reports") / "tables"

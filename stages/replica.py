@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.artifacts import replica_copy, replica_workspace
+from pipeline.artifacts import DATA_ROOT, replica_copy, replica_workspace
 from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.engine.runs import RunId
 from pipeline.errors import UserError, exit_on_user_error
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = replica_workspace(args.seed, args.dataset, args.detector, args.student)
     # the data folder whole: the curated json names its images under data/raw/<dataset>/
     prepare(folder, replica_params(raw, args.dataset, args.detector, args.student, args.seed),
-            [Path("data"), teacher])
+            [DATA_ROOT, teacher])
     start = time.perf_counter()
     models = [f"baseline-{args.student}", *(f"{m}-{args.student}" for m in params.distill.methods)]
     stages = Path(__file__).resolve().parent
