@@ -209,7 +209,7 @@ METHOD_NAME = r"^[a-z][a-z0-9_]*$"
 
 
 class GKDWeights(Record):
-    """Per-detector weights of GKD-BMFI (METHOD.md section 4; tuned by the authors at 1333x800).
+    """Per-detector weights of GKD-BMFI (docs/method.md, BMFI weights; tuned by the authors at 1333x800).
 
     ``L_KD = gkd_weight * L_GKD + beta * L_BMFI`` (Eq. 10) with
     ``L_BMFI = imitation + alpha * attention`` (Eq. 9).
@@ -223,13 +223,13 @@ class GKDWeights(Record):
 class GKDParams(Record):
     """GKD-BMFI settings shared by its method names ``gkd_bmfi``, ``bmfi``, ``mfi``, ``gkd``.
 
-    Choices the paper leaves open (METHOD.md sections 2-3), defaults first:
+    Choices the paper leaves open (docs/method.md, GKD and BMFI), defaults first:
     ``signed`` (false: maps from |grad| and |A|, as the released code), ``targets`` (``pseudo``:
     the model's own top ``pseudo_top_k`` detections with score > ``pseudo_score_thr``, as
     released), ``area_normalize`` (divide each box's mask patch by its grown area),
     ``temperature`` T of the attention, ``standardize`` (imitate per-channel standardised
-    features, as PKD; off: the paper's raw features), and the per-detector weights (METHOD.md
-    section 4: KITTI's GKD weights per detector, COCO-Traffic's in ``datasets``).
+    features, as PKD; off: the paper's raw features), and the per-detector weights (docs/method.md,
+    BMFI weights: KITTI's GKD weights per detector, COCO-Traffic's in ``datasets``).
     """
 
     signed: bool = True

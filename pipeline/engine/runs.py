@@ -1,4 +1,4 @@
-"""Names and paths of the pipeline's artifacts (ARCHITECTURE.md's output contract)."""
+"""Names and paths of the pipeline's artifacts (docs/architecture.md, 'Output contract')."""
 from __future__ import annotations
 
 import hashlib
