@@ -91,7 +91,8 @@ def save_pr_curves(coco: Mapping[str, Any], detections: Mapping[int, Any], path:
         label = f"{curve.name} (AP50 {ap:.1f}, {curve.num_gt} gt)" if ap is not None else curve.name
         ax.step(np.concatenate([[0.0], curve.recall]), np.concatenate([[1.0], curve.precision]), where="post",
                 color=colour, label=label)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=_heading(title, "Precision-recall at IoU 0.5"))
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=_heading(title, "Precision-recall at IoU 0.5"))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
