@@ -103,7 +103,7 @@ def render(batch: Batch, rows: dict[str, list[Tensor]], strides: tuple[int, ...]
                 flat = " (all 0)" if float(level_map.max()) <= 0.0 else ""
                 ax.set_title(f"{label}, P{int(np.log2(stride))} ({cells_h}x{cells_w} cells){flat}", fontsize=9)
         bar = fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.9)
-        bar.set_label("map value (0-1 per image and level)\n1: the loss pulls hardest here", fontsize=8)
+        bar.set_label("map value, 0-1 per image and level\n(1: where the features matter most to the loss)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
         heading = f"{title}: gradient maps (GKD Eq. 2-4), val image {batch.image_ids[i]}" if title \
             else f"Gradient maps (GKD Eq. 2-4), val image {batch.image_ids[i]}"
