@@ -159,6 +159,9 @@ class TrainParams(Record):
 
     ``teacher_epochs`` lets the teacher train longer than the students, as a stronger
     teacher is the premise of distillation; ``None`` uses ``epochs``.
+    ``epoch_val_images``: after each epoch the model's mAP50 on the first this many val images
+    (0: off) joins the training curves (:mod:`pipeline.engine.validation`); the weights are the
+    same either way.
     """
 
     epochs: Annotated[int, Field(ge=1, le=1000)] = 3
@@ -176,6 +179,7 @@ class TrainParams(Record):
     num_workers: Annotated[int, Field(ge=0, le=64)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_train_images: Annotated[int | None, Field(ge=1)] = None
+    epoch_val_images: Annotated[int, Field(ge=0)] = 16
 
 
 class DistributedParams(Record):

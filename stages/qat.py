@@ -33,6 +33,7 @@ from pipeline.engine.checkpoint import Arch
 from pipeline.engine.recipe import loop_config, training_set, weights_fingerprint
 from pipeline.engine.runs import QATRun, RunId, curated_path, load_trained, resolve_device
 from pipeline.engine.trainer import train
+from pipeline.engine.validation import epoch_validation
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.io import file_sha256
 from pipeline.quant.qat import calibrate_activations, prepare_qat, save_qat_model
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = train(model, data, cfg, run.checkpoint_dir, device, key, extra=distiller, extra_module=method,
                        desc=str(run), log_dir=run.live_dir,
+                       validate=epoch_validation(params, run.dataset, device),
                        epoch_metrics=(lambda epoch: epoch_figures(distiller, batches, device, balance))
                        if distiller is not None else None)
     finally:
