@@ -1,0 +1,161 @@
+"""dvc.yaml's code deps against the code each stage really runs.
+
+A stage's outputs are stale when any module its script imports changes, so DVC must see every one
+of them: for each stage, the script of its ``cmd`` (``stages/<x>.py``) and everything it imports
+inside ``pipeline/`` and ``stages/`` (at module level or inside functions, ``from a.b import c`` with
+``c`` a module, relative imports, and each package's ``__init__.py`` that holds code; a stage script
+that names another one, ``"train.py"``, runs it and so its code too) must lie under one of the
+stage's ``deps``. The closure is derived from the sources with :mod:`ast`, so a new import, module
+or stage is checked without editing this file. The other way round, a code dep that holds none of
+that code, or does not exist, only reruns the stage for nothing and fails too.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+#: The project's own top-level packages: imports of anything else are third-party.
+PACKAGES = ("pipeline", "stages")
+SCRIPT = re.compile(r"(?<![\w/])stages/[a-z0-9_]+\.py\b")
+#: A string that names a stage script, e.g. ``"train.py"`` in a stage that runs it as a subprocess.
+SCRIPT_NAME = re.compile(r"^(stages/)?[a-z0-9_]+\.py$")
+
+
+def dvc_stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    """The file (relative to the repository) of module ``name`` (``pipeline.engine.runs``), or
+    ``None`` where it is not a module of this repository."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if (REPO / candidate).is_file():
+            return candidate
+    return None
+
+
+def module_name(path: Path) -> str:
+    parts = path.with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def has_code(path: Path) -> bool:
+    """Whether a package's ``__init__.py`` does anything besides its docstring."""
+    body = ast.parse((REPO / path).read_text()).body
+    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+               and not (isinstance(node, ast.ImportFrom) and node.module == "__future__") for node in body)
+
+
+@cache
+def direct_imports(path: Path) -> frozenset[Path]:
+    """The repository's modules that importing ``path`` executes directly: every ``import`` and
+    ``from ... import`` anywhere in the file (function bodies included), the imported name itself
+    where it is a submodule, and the ``__init__.py`` with code of every package on the way."""
+    own = module_name(path)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse((REPO / path).read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+        elif (path.parts[0] == "stages" and isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and SCRIPT_NAME.match(node.value)):
+            names.add(f"stages.{Path(node.value).stem}")
+    found: set[Path] = set()
+    for name in names:
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):   # the packages on the way are imported first
+            file = module_file(".".join(parts[:depth]))
+            if file is not None and (file.name != "__init__.py" or has_code(file)):
+                found.add(file)
+    return frozenset(found - {path})
+
+
+def closure(script: Path) -> dict[Path, Path | None]:
+    """``script`` and every repository module it imports, transitively, each with the module that
+    imports it (``None`` for ``script``)."""
+    seen: dict[Path, Path | None] = {script: None}
+    todo = [script]
+    while todo:
+        importer = todo.pop(0)
+        for module in sorted(direct_imports(importer)):
+            if module not in seen:
+                seen[module] = importer
+                todo.append(module)
+    return seen
+
+
+def chain(found: dict[Path, Path | None], module: Path) -> str:
+    """How the script reaches ``module``: ``stages/x.py -> pipeline/a.py -> module``."""
+    links = [module]
+    while found[links[-1]] is not None:
+        links.append(found[links[-1]])
+    return " -> ".join(str(link) for link in reversed(links))
+
+
+def stage_script(name: str, stage: dict) -> Path:
+    found = SCRIPT.findall(stage["cmd"])
+    assert len(found) == 1, f"dvc.yaml stage {name}: cmd should run one stages/<x>.py script, found {found}"
+    return Path(found[0])
+
+
+def code_deps(stage: dict) -> list[str]:
+    return [d for d in stage.get("deps", []) if d.split("/")[0] in PACKAGES]
+
+
+def covers(dep: str, module: Path) -> bool:
+    return module == Path(dep) or Path(dep) in module.parents
+
+
+STAGES = dvc_stages()
+
+
+def test_closure_follows_function_level_relative_and_submodule_imports():
+    # the script itself, a function-level import (methods.py imports bmfi inside a builder), a
+    # package __init__ that holds code (pipeline.metrics re-exports evaluate_detections) and
+    # `from pipeline.engine import distributed`, where the imported name is a module
+    assert Path("pipeline/distill/bmfi.py") in closure(Path("stages/kd_settings.py"))
+    assert Path("pipeline/metrics/__init__.py") in closure(Path("stages/evaluate.py"))
+    assert Path("pipeline/engine/distributed.py") in closure(Path("stages/distill.py"))
+    # an __init__ with a docstring only changes nothing and is left out
+    assert Path("pipeline/__init__.py") not in closure(Path("stages/distill.py"))
+    # a stage that runs other stage scripts as subprocesses (the seed replicas) runs their code
+    assert Path("pipeline/engine/trainer.py") in closure(Path("stages/replica.py"))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_cover_every_module_its_script_imports(name):
+    stage = STAGES[name]
+    deps = code_deps(stage)
+    found = closure(stage_script(name, stage))
+    missing = [chain(found, m) for m in sorted(found) if not any(covers(d, m) for d in deps)]
+    assert not missing, (f"dvc.yaml stage {name}: its deps miss modules its script runs; add each (or its "
+                         "package folder) to the stage's deps:\n  " + "\n  ".join(missing))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_code_deps_exist_and_are_used(name):
+    stage = STAGES[name]
+    gone = [d for d in code_deps(stage) if not (REPO / d).exists()]
+    assert not gone, f"dvc.yaml stage {name}: deps {', '.join(gone)} do not exist; fix or drop them"
+    found = closure(stage_script(name, stage))
+    unused = [d for d in code_deps(stage) if not any(covers(d, m) for m in found)]
+    assert not unused, (f"dvc.yaml stage {name}: deps {', '.join(unused)} hold no code its script runs; "
+                        "an edit there would rerun the stage for nothing: drop them")
