@@ -159,3 +159,125 @@ def test_stage_code_deps_exist_and_are_used(name):
     unused = [d for d in code_deps(stage) if not any(covers(d, m) for m in found)]
     assert not unused, (f"dvc.yaml stage {name}: deps {', '.join(unused)} hold no code its script runs; "
                         "an edit there would rerun the stage for nothing: drop them")
+
+
+# --- params: a settings stage lists every key it reads, and its detector's weights only ----------
+
+SETTINGS_STAGES = ("kd_settings", "qat_kd_settings")
+DETECTORS = ("gfl", "faster_rcnn")
+
+
+def resolved_params(stage: dict, item: dict[str, str]) -> list[str]:
+    """The stage's ``params`` entries with ``${item.<key>}`` filled in from ``item``."""
+    return [re.sub(r"\$\{item\.(\w+)\}", lambda m: item[m.group(1)], key) for key in stage.get("params", [])]
+
+
+def param_leaves(data: dict, prefix: str) -> dict[str, object]:
+    """``{"distill.gkd.gfl.beta": 0.001, ...}``: every non-mapping value under ``data``."""
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(param_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def literal_choices(model: type, path: list[str]) -> list:
+    """The values a ``Literal`` field at ``path`` of pydantic ``model`` allows (inside tuples too)."""
+    from typing import Literal, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    annotation: object = model
+    for part in path:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)) or part not in annotation.model_fields:
+            return []
+        annotation = annotation.model_fields[part].annotation
+    found, todo = [], [annotation]
+    while todo:
+        node = todo.pop()
+        if get_origin(node) is Literal:
+            found += list(get_args(node))
+        else:
+            todo += list(get_args(node))
+    return found
+
+
+def perturbations(value: object, choices: list) -> list:
+    """Other values of the same kind as ``value``; the caller keeps those the schema accepts."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1]
+    if isinstance(value, float):
+        return [value * 2 + 0.01, value / 2]
+    if isinstance(value, str):
+        return [c for c in choices if c != value] + [value + "x"]
+    if isinstance(value, list):
+        return [v for v in (value[::-1], value[:-1], [*value, *[c for c in choices if c not in value][:1]], [*value, 7])
+                if v != value]
+    if value is None:
+        return [1, 1.0, True]
+    return []
+
+
+def distill_section() -> dict:
+    """params.yaml's distill section, with an override for every baseline and detector, so the
+    per-method settings are there to be edited too."""
+    from pipeline.distill.methods import BASELINES
+
+    distill = yaml.safe_load((REPO / "params.yaml").read_text())["distill"]
+    distill["baselines"] = {name: {det: dict(load()[1].get(det, {})) for det in DETECTORS}
+                            for name, load in BASELINES.items()}
+    return distill
+
+
+def edited(data: dict, dotted: str, value: object) -> dict:
+    import copy
+
+    out = copy.deepcopy(data)
+    node = out
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return out
+
+
+@pytest.mark.parametrize("name", SETTINGS_STAGES)
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_settings_stage_lists_every_distill_key_its_method_settings_read(name, detector):
+    """Each distill key a settings stage does not list is edited in turn: the resolved settings of
+    every method (on a dataset with and one without per-dataset weights) must not change, or the
+    stage's output would go stale without DVC noticing. And another detector's weights are not
+    listed, so editing them leaves this detector's stages up to date."""
+    from pydantic import ValidationError
+
+    from pipeline.config import DistillParams
+    from pipeline.distill.methods import METHODS, method_settings
+
+    distill = distill_section()
+    base = DistillParams.model_validate(distill)
+    listed = resolved_params(STAGES[name], {"detector": detector, "dataset": "any", "method": "any"})
+    unlisted = {key: value for key, value in param_leaves(distill, "distill.").items()
+                if not any(key == entry or key.startswith(entry + ".") for entry in listed)}
+    for other in set(DETECTORS) - {detector}:
+        assert f"distill.gkd.{other}.gkd_weight" in unlisted, f"dvc.yaml {name} lists {other}'s GKD weights"
+    for key, value in unlisted.items():
+        path = key.split(".")[1:]
+        tried = []
+        for candidate in perturbations(value, literal_choices(DistillParams, path)):
+            try:
+                params = DistillParams.model_validate(edited(distill, ".".join(path), candidate))
+            except ValidationError:
+                continue
+            tried.append(candidate)
+            for dataset in ("synthetic", "coco_traffic"):
+                for method in METHODS:
+                    before = method_settings(method, detector, base, dataset)
+                    assert method_settings(method, detector, params, dataset) == before, (
+                        f"dvc.yaml stage {name}: method_settings({method}, {detector}, {dataset}) reads {key}, "
+                        "which the stage's params do not list; add it")
+            break
+        assert tried, f"no valid edit of {key}={value!r} to check with; extend perturbations()"
