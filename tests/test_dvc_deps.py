@@ -32,14 +32,14 @@ def dvc_stages() -> dict[str, dict]:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def module_file(name: str) -> Path | None:
-    """The file (relative to the repository) of module ``name`` (``pipeline.engine.runs``), or
-    ``None`` where it is not a module of this repository."""
+def module_file(name: str, root: Path = REPO) -> Path | None:
+    """The file (relative to ``root``) of module ``name`` (``pipeline.engine.runs``), or ``None``
+    where it is not a module of this repository."""
     if name.split(".")[0] not in PACKAGES:
         return None
     base = Path(*name.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if (REPO / candidate).is_file():
+        if (root / candidate).is_file():
             return candidate
     return None
 
@@ -49,22 +49,22 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def has_code(path: Path) -> bool:
+def has_code(path: Path, root: Path = REPO) -> bool:
     """Whether a package's ``__init__.py`` does anything besides its docstring."""
-    body = ast.parse((REPO / path).read_text()).body
+    body = ast.parse((root / path).read_text()).body
     return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
                and not (isinstance(node, ast.ImportFrom) and node.module == "__future__") for node in body)
 
 
 @cache
-def direct_imports(path: Path) -> frozenset[Path]:
+def direct_imports(path: Path, root: Path = REPO) -> frozenset[Path]:
     """The repository's modules that importing ``path`` executes directly: every ``import`` and
     ``from ... import`` anywhere in the file (function bodies included), the imported name itself
     where it is a submodule, and the ``__init__.py`` with code of every package on the way."""
     own = module_name(path)
     package = own if path.name == "__init__.py" else own.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse((REPO / path).read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse((root / path).read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -82,8 +82,8 @@ def direct_imports(path: Path) -> frozenset[Path]:
     for name in names:
         parts = name.split(".")
         for depth in range(1, len(parts) + 1):   # the packages on the way are imported first
-            file = module_file(".".join(parts[:depth]))
-            if file is not None and (file.name != "__init__.py" or has_code(file)):
+            file = module_file(".".join(parts[:depth]), root)
+            if file is not None and (file.name != "__init__.py" or has_code(file, root)):
                 found.add(file)
     return frozenset(found - {path})
 
@@ -125,6 +125,24 @@ def covers(dep: str, module: Path) -> bool:
 
 
 STAGES = dvc_stages()
+
+
+def test_direct_imports_resolve_relative_and_function_level_imports(tmp_path):
+    files = {"pipeline/__init__.py": '"""Docstring only."""\n',
+             "pipeline/a/__init__.py": "from pipeline.a.core import run\n",
+             "pipeline/a/core.py": "def run():\n    from . import helper\n    from ..b import tool\n",
+             "pipeline/a/helper.py": "", "pipeline/b/__init__.py": "", "pipeline/b/tool.py": "import numpy\n",
+             "pipeline/c.py": "import pipeline.b.tool\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    # `from . import helper` and `from ..b import tool` inside a function both name modules; the
+    # package pipeline.a has an __init__ with code, which the import runs too
+    assert direct_imports(Path("pipeline/a/core.py"), tmp_path) == {
+        Path("pipeline/a/__init__.py"), Path("pipeline/a/helper.py"), Path("pipeline/b/tool.py")}
+    # an empty __init__ (pipeline.b) or a docstring-only one (pipeline) runs nothing; numpy is not ours
+    assert direct_imports(Path("pipeline/c.py"), tmp_path) == {Path("pipeline/b/tool.py")}
+    assert direct_imports(Path("pipeline/b/tool.py"), tmp_path) == frozenset()
 
 
 def test_closure_follows_function_level_relative_and_submodule_imports():
