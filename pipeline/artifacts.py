@@ -13,7 +13,7 @@ them from its matrix. Functions taking ``qat_method`` return the QAT place when 
 
 Layout (``<ds>/<det>`` = dataset/detector; QAT runs put ``qat/<method>/`` after ``<det>``):
 
-* data: ``data/raw/<ds>/`` (images), ``data/curated/<ds>/{train,val,split}.json``;
+* data: ``data/raw/<ds>/`` (images), ``data/raw_checks/<ds>.json``, ``data/curated/<ds>/{train,val,split}.json``;
 * trained models ``models/<ds>/<det>/<model>.pt``, resolved KD settings
   ``models/<ds>/<det>/[qat/]kd_settings/<method>.json``, resumable state
   ``checkpoints/<ds>/<det>/<model>/``, training curves (DVCLive) ``dvclive/<ds>/<det>/<model>/``,
@@ -45,6 +45,11 @@ REPLICAS_ROOT = Path("replicas")
 def raw_dir(dataset: str) -> Path:
     """The raw images (and labels) of ``dataset``: ``data/raw/<dataset>/``."""
     return RAW_ROOT / dataset
+
+
+def raw_check_path(dataset: str) -> Path:
+    """The record of the raw-folder check (stage ``check_raw``): ``data/raw_checks/<dataset>.json``."""
+    return DATA_ROOT / "raw_checks" / f"{dataset}.json"
 
 
 def curated_path(dataset: str, split: str) -> Path:

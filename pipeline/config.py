@@ -157,6 +157,9 @@ class TrainParams(Record):
 
     ``teacher_epochs`` lets the teacher train longer than the students, as a stronger
     teacher is the premise of distillation; ``None`` uses ``epochs``.
+    ``epoch_val_images``: after each epoch the model's mAP50 on the first this many val images
+    (0: off) joins the training curves (:mod:`pipeline.engine.validation`); the weights are the
+    same either way.
     """
 
     epochs: Annotated[int, Field(ge=1, le=1000)] = 3
@@ -174,6 +177,7 @@ class TrainParams(Record):
     num_workers: Annotated[int, Field(ge=0, le=64)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_train_images: Annotated[int | None, Field(ge=1)] = None
+    epoch_val_images: Annotated[int, Field(ge=0)] = 16
 
 
 class DistributedParams(Record):
@@ -207,7 +211,7 @@ METHOD_NAME = r"^[a-z][a-z0-9_]*$"
 
 
 class GKDWeights(Record):
-    """Per-detector weights of GKD-BMFI (METHOD.md section 4; tuned by the authors at 1333x800).
+    """Per-detector weights of GKD-BMFI (docs/method.md, BMFI weights; tuned by the authors at 1333x800).
 
     ``L_KD = gkd_weight * L_GKD + beta * L_BMFI`` (Eq. 10) with
     ``L_BMFI = imitation + alpha * attention`` (Eq. 9).
@@ -221,13 +225,13 @@ class GKDWeights(Record):
 class GKDParams(Record):
     """GKD-BMFI settings shared by its method names ``gkd_bmfi``, ``bmfi``, ``mfi``, ``gkd``.
 
-    Choices the paper leaves open (METHOD.md sections 2-3), defaults first:
+    Choices the paper leaves open (docs/method.md, GKD and BMFI), defaults first:
     ``signed`` (false: maps from |grad| and |A|, as the released code), ``targets`` (``pseudo``:
     the model's own top ``pseudo_top_k`` detections with score > ``pseudo_score_thr``, as
     released), ``area_normalize`` (divide each box's mask patch by its grown area),
     ``temperature`` T of the attention, ``standardize`` (imitate per-channel standardised
-    features, as PKD; off: the paper's raw features), and the per-detector weights (METHOD.md
-    section 4: KITTI's GKD weights per detector, COCO-Traffic's in ``datasets``).
+    features, as PKD; off: the paper's raw features), and the per-detector weights (docs/method.md,
+    BMFI weights: KITTI's GKD weights per detector, COCO-Traffic's in ``datasets``).
     """
 
     signed: bool = True

@@ -8,7 +8,7 @@ stage, role = method, its meta holding the KD weights as balanced), dvclive/<dat
 ratio and the KD weights), logs/kd_balance/<dataset>/<detector>/<method>-<student>.json (that ratio at the
 calibration, epoch 0, and after every epoch: a DVC plot) and plots/gradmaps/<dataset>/<detector>/
 <method>-<student>/<image>.png (teacher and student gradient maps at the start and end, the
-paper's Fig. 4). The teacher is
+paper's Fig. 4; an empty folder for a method without a KD term, inherit_only). The teacher is
 models/<dataset>/<detector>/<distill.teacher>.pt. Resumable state lives in
 checkpoints/<dataset>/<detector>/<method>-<student>/last.pt, as for the train stage.
 
@@ -33,6 +33,7 @@ from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.engine.recipe import loop_config, role_epochs, training_set, weights_fingerprint
 from pipeline.engine.runs import RunId
 from pipeline.engine.trainer import train
+from pipeline.engine.validation import epoch_validation
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir, file_sha256, write_json
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     student = distributed.convert_sync_bn(student, env, device, params.distributed.sync_bn)
 
     val = CuratedDataset(load_curated(curated_path(run.dataset, "val")), params.input, train=False)
-    pictures = gradmap_batch(val, d.gradmap_images)
+    # a method without a KD term (inherit_only) has no gradient map to show: its folder stays empty
+    pictures = gradmap_batch(val, d.gradmap_images) if method.WEIGHTS else None
     rows = {}
     if pictures is not None and env.is_main:
         teacher.to(device)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         result = train(student, data, cfg, run.checkpoint_dir, device, key, extra=distiller, desc=str(run),
                        extra_module=method, rank=env.rank, world_size=env.world_size,
                        wrap=distributed.ddp_wrapper(env, device), epoch_metrics=balanced.epoch_metrics,
-                       log_dir=run.live_dir)
+                       log_dir=run.live_dir, validate=epoch_validation(params, run.dataset, device))
     if not env.is_main:
         distributed.teardown(env)
         return
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(run.gradmap_dir) as folder:
         if pictures is not None:
             rows["student end"] = maps_of(student, pictures.to(device), d.gkd.signed)
-            render(pictures, rows, tuple(student.strides), folder, params.input.mean, params.input.std)
+            render(pictures, rows, tuple(student.strides), folder, params.input.mean, params.input.std, str(run))
     save_model(run.model_path, student, arch,
                meta={"role": args.method, "epochs": epochs, "dataset": run.dataset, "teacher": d.teacher,
                      "inherit": d.inherit, "inherited_tensors": len(inherited), "kd_balance": balance})

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     save_detections(run.detections_path, detections)
     with atomic_dir(run.pictures_dir) as folder:
         if params.eval.pictures:
-            write_pictures(folder, val.coco, detections, metrics, params.eval.pictures, params.eval.picture_score)
+            write_pictures(folder, val.coco, detections, metrics, params.eval.pictures, params.eval.picture_score,
+                           str(run))
     write_json(run.metrics_path, metrics)
     print(f"{run}: mAP50 {metrics['mAP50']:.2f}  voc_mAP50 {metrics['voc_mAP50']:.2f}  "
           f"params {metrics['params_M']:.2f} M  GFLOPs {gflops:.2f} -> {run.metrics_path}")

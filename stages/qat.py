@@ -34,6 +34,7 @@ from pipeline.engine.distributed import resolve_device
 from pipeline.engine.recipe import loop_config, training_set, weights_fingerprint
 from pipeline.engine.runs import QATRun, RunId
 from pipeline.engine.trainer import train
+from pipeline.engine.validation import epoch_validation
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.io import file_sha256
 from pipeline.quant.calibration import calibration_images
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = train(model, data, cfg, run.checkpoint_dir, device, key, extra=distiller, extra_module=method,
                        desc=str(run), log_dir=run.live_dir,
+                       validate=epoch_validation(params, run.dataset, device),
                        epoch_metrics=balanced.epoch_metrics if balanced is not None else None)
     finally:
         if distiller is not None:

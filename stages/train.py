@@ -19,6 +19,7 @@ from pipeline.engine.checkpoint import Arch, save_model
 from pipeline.engine.recipe import loop_config, role_epochs, training_set, weights_fingerprint
 from pipeline.engine.runs import RunId
 from pipeline.engine.trainer import seed_everything, train
+from pipeline.engine.validation import epoch_validation
 from pipeline.errors import exit_on_user_error
 from pipeline.models.factory import build_detector
 
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     key = weights_fingerprint(run, arch, cfg, params, data)
     start = time.perf_counter()
     result = train(model, data, cfg, run.checkpoint_dir, device, key, desc=str(run), rank=env.rank,
-                   world_size=env.world_size, wrap=distributed.ddp_wrapper(env, device), log_dir=run.live_dir)
+                   world_size=env.world_size, wrap=distributed.ddp_wrapper(env, device), log_dir=run.live_dir,
+                   validate=epoch_validation(params, run.dataset, device))
     if env.is_main:
         save_model(run.model_path, model, arch, meta={"role": run.role, "epochs": epochs, "dataset": run.dataset,
                                                       "processes": env.world_size})

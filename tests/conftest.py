@@ -20,12 +20,12 @@ SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
 def reference_fixture(relative: str) -> Path:
     """The reference file ``relative`` (e.g. ``mmdet/voc_map_golden.json``): the repository's copy
-    if there is one, else ../shared's; skips the calling test with the reason when neither exists."""
+    if there is one, else ../shared/fixtures'; skips the calling test with the reason when neither exists."""
     for root in (LOCAL_FIXTURES, SHARED_FIXTURES):
         if (root / relative).is_file():
             return root / relative
     pytest.skip(f"reference fixture {relative} not found in tests/fixtures/ or ../shared/fixtures/ "
-                "(the large MMDetection tensors ship in ../shared only)")
+                "(the large MMDetection tensors ship in ../shared/fixtures only)")
 
 
 def kitti_line(kind: str, box: tuple[float, float, float, float], truncated: float = 0.0,

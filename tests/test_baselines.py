@@ -1,4 +1,4 @@
-"""The KD baselines GKD-BMFI is compared with: mimic, FGD, FGFI, DeFeat (METHOD.md section 6).
+"""The KD baselines GKD-BMFI is compared with: mimic, FGD, FGFI, DeFeat (docs/method.md, 'Baselines').
 
 Each loss is pinned on tiny hand-computed tensors; masks are checked to sit on the boxes (at
 the border and in the centre) and to follow a horizontal flip; gradients reach the student

@@ -74,3 +74,24 @@ def test_pictures_draw_truth_and_predictions(tmp_path):
     for name in FILES:
         with Image.open(out / name) as image:
             assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_every_picture_names_its_model(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from pipeline.report.pictures import TITLE_HEIGHT
+
+    for record in COCO["images"]:
+        Image.fromarray(np.full((100, 100, 3), 40, np.uint8)).save(tmp_path / record["file_name"])
+    coco = {**COCO, "info": {"image_root": str(tmp_path)}}
+    plain = np.asarray(predictions_picture(coco, DETS, count=2, score_thr=0.3))
+    titled = np.asarray(predictions_picture(coco, DETS, count=2, score_thr=0.3, title="synthetic/gfl/m-resnet18"))
+    assert titled.shape[0] == plain.shape[0] + TITLE_HEIGHT
+    np.testing.assert_array_equal(titled[TITLE_HEIGHT:], plain)
+    assert (titled[:TITLE_HEIGHT] > 200).all(axis=2).any()          # white lettering in the band
+    titles = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (titles.append(fig.axes[0].get_title()), real_savefig(fig, *a, **k)))
+    write_pictures(tmp_path, coco, DETS, evaluate_detections(coco, DETS), 2, 0.3, "synthetic/gfl/m-resnet18")
+    assert len(titles) == 2 and all(t.startswith("synthetic/gfl/m-resnet18\n") for t in titles)

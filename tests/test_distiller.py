@@ -270,12 +270,36 @@ def test_distill_stage_writes_model_log_and_gradient_map_pictures(tmp_path, monk
     assert {"loss", "lr", "images_per_s", "kd_gkd_bmfi_gkd"} <= set(live["train"])
     steps = (run.live_dir / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert steps[0] == "step\tloss" and len(steps) > 1
+    assert "val_mAP50" in live["epoch"]                                    # the per-epoch val figure
     pictures = sorted((Path("plots/gradmaps/synthetic/gfl") / run.model).glob("*.png"))
     assert len(pictures) == 1
-    with Image.open(pictures[0]) as image:
-        assert image.size == (5 * 3 * 128, 3 * (3 * 32 + 14))    # 5 levels x (teacher, start, end), zoom 3
+    with Image.open(pictures[0]) as image:      # 128x32 input: P3 only (4x16 cells), three rows, a colour bar
+        assert image.size == (480, 455)
     assert (run.checkpoint_dir / "last.pt").is_file()
     assert "distilled synthetic/gfl/gkd_bmfi-resnet18" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_method_without_a_kd_term_draws_no_gradient_map(tmp_path, monkeypatch):
+    monkeypatch.chdir(write_project(tmp_path))
+    distill_stage.main(["synthetic", "gfl", "resnet18", "inherit_only"])
+    folder = Path("plots/gradmaps/synthetic/gfl/inherit_only-resnet18")
+    assert folder.is_dir() and not list(folder.iterdir())     # an empty output: DVC records 0 files
+
+
+def test_gradient_map_pictures_draw_the_levels_with_enough_cells_and_say_which_are_left_out(tmp_path):
+    from pipeline.distill.gradmaps import MIN_LEVEL_ROWS, drawn_levels, render
+
+    batch = plain_batch(torch.rand(1, 3, 64, 256) * 255, [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)])
+    shapes = [(8, 32), (4, 16), (2, 8)]                        # strides 8, 16, 32 on a 64x256 input
+    maps = [torch.rand(1, 1, h, w) for h, w in shapes]
+    assert MIN_LEVEL_ROWS == 4 and drawn_levels(maps) == [0, 1]
+    assert drawn_levels([torch.rand(1, 1, 1, 3)]) == [0]        # the finest level always
+    rows = {"teacher": maps, "student start": [torch.zeros_like(m) for m in maps]}
+    one = render(batch, {k: v[:1] for k, v in rows.items()}, (8,), tmp_path / "one", (0.0,) * 3, (1.0,) * 3, "a/b/c")
+    two = render(batch, rows, (8, 16, 32), tmp_path / "two", (0.0,) * 3, (1.0,) * 3, "a/b/c")
+    with Image.open(one[0]) as narrow, Image.open(two[0]) as wide:
+        assert wide.width > narrow.width + 200 and wide.height == narrow.height    # a column per drawn level
 
 
 @pytest.mark.parametrize("args, distill, message", [

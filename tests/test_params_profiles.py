@@ -14,14 +14,16 @@ PROFILES = ("params.yaml", "params-gpu.yaml")
 OPEN_MAPPINGS = ("sources", "distill.baselines", "distill.gkd.datasets")
 
 
-def dvc_param_keys(datasets: list[str] = ("synthetic",)) -> set[str]:
-    """Every params key dvc.yaml reads: the stages' ``params`` lists (``${item.dataset}`` expanded
-    over ``datasets``) and the ``${...}`` interpolations."""
+def dvc_param_keys(datasets: list[str] = ("synthetic",), detectors: list[str] = ("gfl",)) -> set[str]:
+    """Every params key dvc.yaml reads: the stages' ``params`` lists (``${item.dataset}`` and
+    ``${item.detector}`` expanded over ``datasets`` and ``detectors``) and the ``${...}``
+    interpolations."""
     text = (REPO / "dvc.yaml").read_text()
     keys = {k for k in re.findall(r"\$\{([a-z_.]+)\}", text) if not k.startswith("item.")}
     for stage in yaml.safe_load(text)["stages"].values():
         for key in stage.get("params", []):
-            keys.update(key.replace("${item.dataset}", d) for d in datasets)
+            keys.update(key.replace("${item.dataset}", d).replace("${item.detector}", m)
+                        for d in datasets for m in detectors)
     return keys
 
 
@@ -46,25 +48,27 @@ def leaves(data: dict, prefix: str = "") -> set[str]:
 
 
 def test_dvc_yaml_reads_key_level_params():
-    keys = dvc_param_keys()
-    assert {"train.lr", "deploy.opset", "benchmark", "distill"} <= keys
+    keys = dvc_param_keys(detectors=("gfl", "faster_rcnn"))
+    assert {"train.lr", "deploy.opset", "benchmark.iters", "distill.gkd.gfl", "distill.gkd.faster_rcnn"} <= keys
     # whole sections would rerun stages on unrelated edits (deploy.models, train.num_workers, ...);
     # deploy.models is read only as the export matrix
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         declared = set(stage.get("params", []))
-        assert not declared & {"model", "train", "deploy", "input", "train.num_workers", "deploy.models"}, declared
-        # only the cheap settings stages read the whole distill section; a training stage reads its
-        # method's resolved settings file, so another method's settings leave it up to date
-        if "distill" in declared:
-            assert name in ("kd_settings", "qat_kd_settings"), name
-        assert not declared & {"distill.gkd", "distill.baselines", "distill.balance"}, name
+        assert not declared & {"model", "train", "deploy", "input", "benchmark", "distill", "distill.gkd",
+                               "train.num_workers", "deploy.models"}, (name, declared)
+        # only the cheap settings stages read the methods' settings, and of the GKD weights only
+        # their detector's; a training stage reads its method's resolved settings file, so another
+        # method's settings or another detector's weights leave it up to date
+        if name not in ("kd_settings", "qat_kd_settings"):
+            assert not any(key.startswith(("distill.gkd", "distill.baselines", "distill.balance"))
+                           for key in declared), name
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_key_dvc_reads_is_in_the_profile(profile):
     raw = yaml.safe_load((REPO / profile).read_text())
-    missing = sorted(k for k in dvc_param_keys(raw["datasets"]) if not lookup(raw, k))
+    missing = sorted(k for k in dvc_param_keys(raw["datasets"], raw["model"]["detectors"]) if not lookup(raw, k))
     assert not missing, f"{profile} lacks {missing}: DVC would stop with 'Parameters ... are missing'"
 
 

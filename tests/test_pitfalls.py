@@ -1,4 +1,4 @@
-"""Regression tests for what the authors' released code gets wrong (METHOD.md section 5).
+"""Regression tests for what the authors' released code gets wrong (docs/method.md, 'Pitfalls').
 
 Each test fails on the released behaviour:
 

@@ -1,4 +1,4 @@
-"""COCO-Traffic: COCO 2017 restricted to 13 road-related categories (METHOD.md section 7).
+"""COCO-Traffic: COCO 2017 restricted to 13 road-related categories (docs/method.md, 'Protocol').
 
 Kept categories (COCO id: name): 1 person, 2 bicycle, 3 car, 4 motorcycle, 6 bus, 7 train,
 8 truck, 10 traffic light, 11 fire hydrant, 13 stop sign, 14 parking meter, 17 cat, 18 dog.

@@ -24,7 +24,7 @@ from pipeline.data.images import read_header
 from pipeline.errors import UserError
 
 RAW_CLASSES = ("Car", "Van", "Truck", "Tram", "Pedestrian", "Person_sitting", "Cyclist", "Misc", "DontCare")
-#: Raw KITTI class -> grouped class (METHOD.md section 7). Misc and DontCare map to None:
+#: Raw KITTI class -> grouped class (docs/method.md, 'Protocol'). Misc and DontCare map to None:
 #: they become ignore regions.
 GROUPS: dict[str, str | None] = {
     "Car": "Car",

@@ -1,6 +1,6 @@
 """Latency and throughput of one callable (the mAP-versus-latency plot: :mod:`pipeline.report.pareto`).
 
-Protocol (DEPLOY.md section 5): ``warmup`` untimed calls, then ``iters`` calls timed one by one
+Protocol (docs/deployment.md, 'Benchmark and what to ship'): ``warmup`` untimed calls, then ``iters`` calls timed one by one
 with ``time.perf_counter`` (GPU backends pass ``sync`` so the clock stops when the device is
 done); p50/p90/p99 in milliseconds; throughput = batch / p50 of the batched call. Several
 backends are timed in alternating rounds (:func:`measure_interleaved`).

@@ -193,7 +193,7 @@ def _check_and_build(folder: Path, artifacts: dict[str, dict[str, Any]], params:
 def manifest_record(params: Params, val: CuratedDataset, identity: dict[str, Any], checkpoint: Path,
                     info: ExportInfo, torch_dets: dict, report: dict[str, Any], artifacts: dict[str, dict[str, Any]],
                     tensorrt: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of an export folder (format in :mod:`pipeline.deploy.manifest` and the README)."""
+    """The manifest of an export folder (format in :mod:`pipeline.deploy.manifest` and docs/deployment.md)."""
     deploy, inp = params.deploy, params.input
     h, w = inp.padded_shape
     return {

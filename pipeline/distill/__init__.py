@@ -1,1 +1,1 @@
-"""Knowledge distillation: GKD-BMFI and the baselines it is compared with (METHOD.md)."""
+"""Knowledge distillation: GKD-BMFI and the baselines it is compared with (docs/method.md)."""

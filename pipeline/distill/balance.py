@@ -2,7 +2,7 @@
 
 The methods' published weights were tuned for other inputs, students and loss conventions (a
 sum over box cells x channels x levels for FGD and BMFI, a mean for mimic, a masked mean for
-DeFeat and FGFI; METHOD.md section 9), so the same numbers give terms of very different
+DeFeat and FGFI; docs/method.md, 'Balancing the KD terms'), so the same numbers give terms of very different
 strength. ``distill.balance.mode: auto`` measures, for the student's FPN outputs
 ``F = (F_1 .. F_L)`` (each ``[N, C, H_l, W_l]``) and a few fixed training batches ``b``::
 

@@ -1,4 +1,4 @@
-"""The contract every knowledge-distillation method follows (ARCHITECTURE.md).
+"""The contract every knowledge-distillation method follows (docs/architecture.md).
 
 A KD method is an ``nn.Module`` called once per training step::
 

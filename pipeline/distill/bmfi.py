@@ -14,7 +14,7 @@ BMFI on one level, summed over levels, each sum divided by the batch size ``N`` 
 
 ``M_box`` is the top-flattened Gaussian box mask (:func:`pipeline.distill.masks.gaussian_box_mask`).
 The teacher's attention weights the imitation term. The paper's Eq. 10 has no weight on
-``L_GKD``; the authors' configs use one per detector (METHOD.md section 4), ``gkd_weight``.
+``L_GKD``; the authors' configs use one per detector (docs/method.md, BMFI weights), ``gkd_weight``.
 The per-detector defaults live in params (``distill.gkd``, ``pipeline/config.py``
 :class:`GKDParams`); the constructor's defaults are GFL's.
 

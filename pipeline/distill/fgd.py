@@ -31,7 +31,7 @@ FGD's 1x1 alignment conv exists only when student and teacher widths differ; bot
 256 wide, so no adaptation layer is used.
 
 Weights ``(T, alpha, beta, gamma, lambda)``: GFL 0.5, 1e-3, 5e-4, 5e-4, 5e-6; Faster R-CNN 0.5,
-5e-5, 2.5e-5, 5e-5, 5e-7 (METHOD.md section 6; the released Faster R-CNN config).
+5e-5, 2.5e-5, 5e-5, 5e-7 (docs/method.md, 'Baselines'; the released Faster R-CNN config).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ The channel weights ``w`` are detached; the student's activations ``A_S`` stay i
 graph, so ``L_GKD`` trains the student (the authors' released code compares two numpy maps,
 constants that give no gradient). The teacher side carries no gradient.
 
-Gradients (METHOD.md section 2): the teacher's ``dL/dA_T`` comes from its head re-entered with
+Gradients (docs/method.md, 'GKD'): the teacher's ``dL/dA_T`` comes from its head re-entered with
 ``feats.detach().requires_grad_()`` (:func:`head_gradients`), so the backward stops at the FPN;
 the student's from its own training forward (the distiller supplies them, see
 ``pipeline/distill/distiller.py``).

@@ -1,4 +1,4 @@
-"""The inheriting strategy (METHOD.md section 1): start the student from the teacher's neck and head.
+"""The inheriting strategy (docs/method.md, 'Setting'): start the student from the teacher's neck and head.
 
 After the student is built (and its weights initialised), every teacher tensor outside the
 backbone is copied into the student. Call it after any weight initialisation and before the
@@ -75,7 +75,7 @@ class InheritOnly(KDMethod):
     neck and head and trains on the detection loss alone, through the same stage and loop as
     every KD method.
 
-    Inheriting is a strong effect of its own (METHOD.md section 9): a KD method's own
+    Inheriting is a strong effect of its own (docs/method.md, 'Setting'): a KD method's own
     contribution is its gain over this control, not over the plain baseline. It has no loss
     weight, so ``distill.balance`` leaves it alone and the distiller never runs the teacher.
     """

@@ -156,7 +156,7 @@ def anchor_iou_masks(boxes: Tensor, level_anchors: list[Tensor], sizes: list[tup
 
 def gaussian_box_mask(boxes: list[Tensor], stride: int, size: tuple[int, int],
                       area_normalize: bool = True) -> Tensor:
-    """BMFI's top-flattened Gaussian box mask ``M_box`` of one FPN level (paper Eq. 6, METHOD.md 3).
+    """BMFI's top-flattened Gaussian box mask ``M_box`` of one FPN level (paper Eq. 6, docs/method.md BMFI).
 
     For each box (x1,y1,x2,y2 in input pixels, width ``w``, height ``h``, centre ``cx, cy``):
 

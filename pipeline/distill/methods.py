@@ -1,11 +1,11 @@
-"""The KD methods by name: the one explicit dict of this family (ARCHITECTURE.md).
+"""The KD methods by name: the one explicit dict of this family (docs/architecture.md).
 
 * ``gkd_bmfi``, ``bmfi``, ``mfi``, ``gkd``: GKD-BMFI and the rows of the paper's Table 3
   (all terms; mask + MFI; MFI only; GKD only), one module (:class:`~pipeline.distill.bmfi.GKDBMFI`)
   with settings from params ``distill.gkd``;
 * ``inherit_only``: the control, inheriting without any KD term
   (:class:`~pipeline.distill.inherit.InheritOnly`);
-* ``mimic``, ``fgd``, ``fgfi``, ``defeat``: the baselines (METHOD.md section 6), each
+* ``mimic``, ``fgd``, ``fgfi``, ``defeat``: the baselines (docs/method.md, 'Baselines'), each
   built from its module's per-detector ``DEFAULTS`` overridden by params
   ``distill.baselines.<method>.<detector>``.
 

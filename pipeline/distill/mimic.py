@@ -1,6 +1,6 @@
 """Plain feature mimic: MSE between student and teacher FPN outputs at every position.
 
-The floor every detection-KD method is compared with (METHOD.md section 6): no mask, no
+The floor every detection-KD method is compared with (docs/method.md, 'Baselines'): no mask, no
 attention, no adaptation layer. For FPN levels ``l = 1..L`` with features ``[N, C, H_l, W_l]``:
 
     L_mimic = weight * (1 / L) * sum_l mean_{n,c,i,j} (F^T_l - F^S_l)^2

@@ -160,7 +160,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
           on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
           extra_module: nn.Module | None = None,
           epoch_metrics: Callable[[int], dict[str, float]] | None = None,
-          log_dir: Path | None = None) -> TrainResult:
+          log_dir: Path | None = None,
+          validate: Callable[[nn.Module], dict[str, float]] | None = None) -> TrainResult:
     """Train ``model`` in place.
 
     Args:
@@ -179,6 +180,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
             index; its figures join that epoch's record (and so the checkpointed history).
         log_dir: rank 0 logs the loss terms, lr and images/s every few steps and each epoch's
             record there through DVCLive (:class:`pipeline.engine.live.TrainingLog`).
+        validate: called on rank 0 with the (unwrapped) model after each epoch; its figures join
+            that epoch's record (:func:`pipeline.engine.validation.epoch_validation`: val mAP50).
+            It must leave the model's mode and the random generators as it found them.
 
     An ``extra`` with a ``set_loss_scale`` method is told the GradScaler's current scale before
     each step under mixed precision (the distiller scales its own gradients with it).
@@ -257,6 +261,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
                       **{k: v / max(seen, 1) for k, v in sums.items()}}
             if epoch_metrics is not None:
                 record.update(epoch_metrics(epoch))
+            if validate is not None and is_main:
+                record.update(validate(model))
             history.append(record)
             if is_main:
                 state = {"fingerprint": fingerprint, "epoch": epoch, "history": history,

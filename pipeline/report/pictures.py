@@ -6,6 +6,9 @@
   captioned with class and score;
 * ``pr_curves.png``: per-class precision against recall at IoU 0.5, AP50 in the legend;
 * ``confusion.png``: :func:`pipeline.metrics.diagnostics.confusion_matrix`, background row and column.
+
+Each names the model it shows (``<dataset>/<detector>/<model>``) in its title, so a picture
+seen alone in ``dvc plots show`` says whose it is.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.data.images import read_rgb
 from pipeline.draw import TRUTH_COLOUR, class_colour, draw_boxes, tile_grid
@@ -23,10 +26,22 @@ from pipeline.metrics.diagnostics import confusion_matrix, pr_curves
 FILES = ("predictions.png", "pr_curves.png", "confusion.png")
 
 
+TITLE_HEIGHT = 26
+
+
+def titled(picture: Image.Image, title: str) -> Image.Image:
+    """``picture`` under a band holding ``title`` (white on dark, 16 px text)."""
+    out = Image.new("RGB", (picture.width, picture.height + TITLE_HEIGHT), (20, 20, 20))
+    out.paste(picture, (0, TITLE_HEIGHT))
+    ImageDraw.Draw(out).text((6, 4), title, fill=(255, 255, 255), font=ImageFont.load_default(size=16))
+    return out
+
+
 def predictions_picture(coco: Mapping[str, Any], detections: Mapping[int, Any], count: int,
-                        score_thr: float) -> Image.Image:
+                        score_thr: float, title: str = "") -> Image.Image:
     """Ground truth (white, ignore regions left out) and detections >= ``score_thr`` (class colours)
-    on the first ``count`` images of ``coco`` by id."""
+    on the first ``count`` images of ``coco`` by id, under a band naming ``title`` (the model)
+    when given."""
     class_names = [c["name"] for c in coco["categories"]]
     truth: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
@@ -47,7 +62,10 @@ def predictions_picture(coco: Mapping[str, Any], detections: Mapping[int, Any], 
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
         draw_boxes(tile, boxes, [""] * len(anns), [TRUTH_COLOUR] * len(anns), width=1)
         tiles.append(tile)
-    return tile_grid(tiles)
+    grid = tile_grid(tiles)
+    if not title:
+        return grid
+    return titled(grid, f"{title}: detections with score >= {score_thr:g} (class colours), ground truth white")
 
 
 def _figure():
@@ -59,8 +77,12 @@ def _figure():
     return plt
 
 
+def _heading(title: str, what: str) -> str:
+    return f"{title}\n{what}" if title else what
+
+
 def save_pr_curves(coco: Mapping[str, Any], detections: Mapping[int, Any], path: Path,
-                   per_class_ap50: Mapping[str, float]) -> None:
+                   per_class_ap50: Mapping[str, float], title: str = "") -> None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for index, curve in enumerate(pr_curves(coco, detections)):
@@ -69,7 +91,8 @@ def save_pr_curves(coco: Mapping[str, Any], detections: Mapping[int, Any], path:
         label = f"{curve.name} (AP50 {ap:.1f}, {curve.num_gt} gt)" if ap is not None else curve.name
         ax.step(np.concatenate([[0.0], curve.recall]), np.concatenate([[1.0], curve.precision]), where="post",
                 color=colour, label=label)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall at IoU 0.5")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=_heading(title, "Precision-recall at IoU 0.5"))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
@@ -77,11 +100,12 @@ def save_pr_curves(coco: Mapping[str, Any], detections: Mapping[int, Any], path:
     plt.close(fig)
 
 
-def save_confusion(coco: Mapping[str, Any], detections: Mapping[int, Any], path: Path, score_thr: float) -> None:
+def save_confusion(coco: Mapping[str, Any], detections: Mapping[int, Any], path: Path, score_thr: float,
+                   title: str = "") -> None:
     plt = _figure()
     matrix, names = confusion_matrix(coco, detections, score_thr)
     size = 1.0 + 0.55 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig, ax = plt.subplots(figsize=(max(size + 1.5, 5.5), max(size, 4.2)))   # room for the titles and labels
     shown = matrix.astype(float) / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
     for (i, j), value in np.ndenumerate(matrix):
@@ -91,17 +115,19 @@ def save_confusion(coco: Mapping[str, Any], detections: Mapping[int, Any], path:
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set(xlabel="predicted (background: missed)", ylabel="true (background: false detection)",
-           title=f"Confusion at IoU 0.5, score >= {score_thr:g}")
+           title=_heading(title, f"Confusion at IoU 0.5, score >= {score_thr:g}"))
+    ax.title.set_fontsize(10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def write_pictures(folder: Path, coco: Mapping[str, Any], detections: Mapping[int, Any], metrics: Mapping[str, Any],
-                   count: int, score_thr: float) -> None:
-    """The three pictures of one evaluated model into ``folder`` (:data:`FILES`)."""
+                   count: int, score_thr: float, title: str = "") -> None:
+    """The three pictures of one evaluated model into ``folder`` (:data:`FILES`), each titled
+    ``title`` (the model, e.g. ``synthetic/gfl/gkd_bmfi-resnet18``)."""
     folder = Path(folder)
-    predictions_picture(coco, detections, count, score_thr).save(folder / FILES[0])
+    predictions_picture(coco, detections, count, score_thr, title).save(folder / FILES[0])
     per_class = {name: row["AP50"] for name, row in metrics.get("per_class", {}).items()}
-    save_pr_curves(coco, detections, folder / FILES[1], per_class)
-    save_confusion(coco, detections, folder / FILES[2], score_thr)
+    save_pr_curves(coco, detections, folder / FILES[1], per_class, title)
+    save_confusion(coco, detections, folder / FILES[2], score_thr, title)

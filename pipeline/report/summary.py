@@ -1,6 +1,6 @@
 """``reports/summary.md``: every model of one (dataset, detector) side by side.
 
-Reads what the other stages wrote (ARCHITECTURE.md's output contract), nothing else:
+Reads what the other stages wrote (docs/architecture.md, 'Output contract'), nothing else:
 
 * ``metrics/<dataset>/<detector>/<model>.json`` (evaluate): COCO ``mAP50`` and MMDetection's
   ``voc_mAP50`` in percent, parameters (M), GFLOPs at 224x224, PyTorch inference throughput
