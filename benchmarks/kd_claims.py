@@ -5,6 +5,8 @@ One teacher, N seeds of every student, intervals.
     .venv/bin/python benchmarks/kd_claims.py --profile gpu       # larger, for a GPU machine
     .venv/bin/python benchmarks/kd_claims.py --rows gkd_bmfi:terms bmfi:terms   # a subset
     .venv/bin/python benchmarks/kd_claims.py --profile smoke --seeds 2  # a minute: checks the script
+    .venv/bin/python benchmarks/kd_claims.py --workdir .kd_claims/bf16 --teacher-from .kd_claims/cpu --amp \
+        --no-control --rows gkd_bmfi --seeds 2 --compare-to .kd_claims/cpu   # the same rows in mixed precision
 
 Not part of `dvc repro` or CI. In ``--workdir`` (default ``.kd_claims/<profile>``, ignored by git)
 it writes its own params.yaml, synthesizes and curates the synthetic scenes, trains one
@@ -27,6 +29,11 @@ images and seeds, :func:`pipeline.metrics.bootstrap.paired_gain`), the KD-to-tas
 of each term at the calibration and after the last epoch, and the training wall time; then
 GKD's own contribution (``gkd_bmfi:terms`` - ``bmfi:terms``) and BMFI's (``gkd_bmfi:terms`` -
 ``gkd:terms``), each with its interval. Rows with fewer finished seeds are reported with those.
+
+``--teacher-from DIR`` reuses another workdir's data, teacher and params.yaml (so the rows differ
+from DIR's only by what the options change, e.g. ``--amp``: mixed precision, bfloat16 on the
+CPU); ``--compare-to DIR`` then prints each row's gain over the same row in DIR, paired by seed
+and val image, with its interval (also alone with ``--report-only``).
 """
 from __future__ import annotations
 
@@ -82,16 +89,22 @@ def split_row(row: str) -> tuple[str, str]:
     return method, "auto_terms" if balance else "auto"
 
 
+#: Where the base params come from: the repository's params.yaml, or ``--teacher-from``'s.
+BASE_PARAMS = [REPO / "params.yaml"]
+
+
 @functools.cache
 def base_params() -> dict:
     """params.yaml as it was when the run started: a run of hours must not pick up an edit (or a
     merge) that the code it imported does not know."""
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    return yaml.safe_load(BASE_PARAMS[0].read_text())
 
 
 def profile_params(profile: str, seed: int, methods: tuple[str, ...], balance: str = "auto",
-                   shares: dict[str, float] | None = None) -> dict:
+                   shares: dict[str, float] | None = None, amp: bool | None = None) -> dict:
     params = merge(base_params(), PROFILES[profile])
+    if amp is not None:
+        params = merge(params, {"train": {"amp": amp}})
     mode = {"mode": balance, **({"shares": shares} if shares else {})}
     return merge(params, {"seed": seed, "datasets": [DATASET],
                           "model": {"detectors": [DETECTOR], "train": [TEACHER, f"baseline-{STUDENT}"]},
@@ -136,23 +149,77 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--report-only", action="store_true", help="print the table of what is finished")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="train.amp for every model (default: params.yaml's); on the CPU: bfloat16")
+    parser.add_argument("--teacher-from", type=Path, default=None,
+                        help="a workdir whose data, teacher and params.yaml this run reuses")
+    parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the inherit-only control too (default: yes)")
+    parser.add_argument("--compare-to", type=Path, default=None,
+                        help="a workdir with the same rows: print each row's gain over its counterpart there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = (args.workdir or REPO / ".kd_claims" / args.profile).resolve()
-    rows = tuple(dict.fromkeys(["inherit_only", *args.rows]))
+    if args.teacher_from is not None:
+        BASE_PARAMS[0] = args.teacher_from.resolve() / "params.yaml"
+    rows = tuple(dict.fromkeys((["inherit_only"] if args.control else []) + list(args.rows)))
     for row in rows:
         split_row(row)
     start = time.perf_counter()
     walls: dict[str, list[float]] = {}
     if not args.report_only:
+        if args.teacher_from is not None:
+            link_teacher(args.teacher_from.resolve(), root)
         run_all(root, args, rows, walls)
-    report(root, args.seeds, rows, walls, args.resamples, time.perf_counter() - start)
+    if args.compare_to is not None:
+        compare(root, args.compare_to.resolve(), args.seeds, ("baseline", *rows), args.resamples)
+    else:
+        report(root, args.seeds, rows, walls, args.resamples, time.perf_counter() - start)
+
+
+def link_teacher(source: Path, root: Path) -> None:
+    """Link ``source``'s data and finished teacher (model, metrics, detections) into ``root``."""
+    teacher = RunId(DATASET, DETECTOR, TEACHER)
+    for path in (Path("data"), teacher.model_path, teacher.metrics_path, teacher.detections_path):
+        if not (source / path).exists():
+            raise SystemExit(f"error: --teacher-from {source}: {path} is missing; finish that workdir's teacher first")
+        name = root / path
+        name.parent.mkdir(parents=True, exist_ok=True)
+        if not (name.is_symlink() or name.exists()):
+            name.symlink_to(source / path)
+
+
+def compare(root: Path, other: Path, seeds: int, rows: tuple[str, ...], resamples: int) -> None:
+    """Each row's mAP50 here minus the same row's in ``other`` (same seeds, same val images):
+    mean over the seeds finished in both, with the paired bootstrap interval over images and seeds."""
+    val = load_curated(root / curated_path(DATASET, "val"))
+    print(f"\n{root.name} - {other.name}, 95% paired intervals over val images and seeds ({resamples} resamples)")
+    print("| row | seeds | here mAP50 | there mAP50 | here - there |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    results = {}
+    for row in rows:
+        here = {f.relative_to(root).parts[0]: f for f in finished_seeds(root, seeds, row)}
+        there = {f.relative_to(other).parts[0]: f for f in finished_seeds(other, seeds, row)}
+        both = sorted(set(here) & set(there))
+        if not both:
+            print(f"| {row} | none finished in both (here: {sorted(here)}, there: {sorted(there)}) | | | |")
+            continue
+        run = RunId(DATASET, DETECTOR, f"{'baseline' if row == 'baseline' else split_row(row)[0]}-{STUDENT}")
+        m_here = [image_matches(val, load_detections(here[k] / run.detections_path)) for k in both]
+        m_there = [image_matches(val, load_detections(there[k] / run.detections_path)) for k in both]
+        a = [float(json.loads((here[k] / run.metrics_path).read_text())["mAP50"]) for k in both]
+        b = [float(json.loads((there[k] / run.metrics_path).read_text())["mAP50"]) for k in both]
+        g = paired_gain(m_here, m_there, resamples=resamples)
+        results[row] = {"seeds": both, "here": a, "there": b, "gain": g.as_dict()}
+        print(f"| {row} | {', '.join(both)} | {np.mean(a):.2f} ({', '.join(f'{x:.2f}' for x in a)}) | "
+              f"{np.mean(b):.2f} ({', '.join(f'{x:.2f}' for x in b)}) | {g} |")
+    (root / f"compare_{other.name}.json").write_text(json.dumps(results, indent=2))
 
 
 def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: dict[str, list[float]]) -> None:
     """Train and evaluate the teacher, then every seed's baseline and rows (resumable)."""
     by_balance = {b: tuple(m for m, bb in map(split_row, rows) if bb == b) for b in ("auto", "auto_terms")}
-    prepare(root, profile_params(args.profile, 0, by_balance["auto"]), [])
+    prepare(root, profile_params(args.profile, 0, by_balance["auto"] or ("inherit_only",), amp=args.amp), [])
     print(f"kd_claims ({args.profile}) in {root}", flush=True)
     step(root, root / raw_dir(DATASET), "synthesize", lambda: synthesize.main([]))
     step(root, root / curated_path(DATASET, "val"), "curate", lambda: curate.main([DATASET]))
@@ -168,7 +235,8 @@ def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: 
                 folder = row_folder(root, seed, row)
                 with working_dir(root):
                     prepare(folder.relative_to(root), profile_params(args.profile, seed, by_balance[balance] or
-                                                                     ("inherit_only",), balance, args.shares),
+                                                                     ("inherit_only",), balance, args.shares,
+                                                                     args.amp),
                             [DATA_ROOT, teacher.model_path])
                 model = f"{method}-{STUDENT}"
                 run = RunId(DATASET, DETECTOR, model)

@@ -160,6 +160,8 @@ class TrainParams(Record):
     ``epoch_val_images``: after each epoch the model's mAP50 on the first this many val images
     (0: off) joins the training curves (:mod:`pipeline.engine.validation`); the weights are the
     same either way.
+    ``amp`` trains under autocast: bfloat16 on the CPU, float16 with a GradScaler on CUDA
+    (parameters, optimiser, losses and KD maps stay float32); ``false`` trains in float32.
     """
 
     epochs: Annotated[int, Field(ge=1, le=1000)] = 3
@@ -173,7 +175,7 @@ class TrainParams(Record):
     lr_steps: tuple[Annotated[int, Field(ge=1)], ...] = ()
     gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     grad_clip: Annotated[float | None, Field(gt=0.0)] = 35.0
-    amp: bool = True
+    amp: bool = False
     num_workers: Annotated[int, Field(ge=0, le=64)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_train_images: Annotated[int | None, Field(ge=1)] = None

@@ -247,6 +247,7 @@ def test_resume_fingerprint_changes_with_the_weights_recipe_only(resume_key):
     assert key() == key(train={"num_workers": 4})           # the worker count: same weights, resumes
     assert key() != key(train={"lr": 0.02}) and key() != key(train={"batch_size": 8})
     assert key() != key(train={"grad_clip": None})
+    assert key(train={"amp": True}) != key(train={"amp": False})   # bfloat16 / float16 vs float32 weights
 
 
 def test_resume_fingerprint_follows_the_content_of_labels_and_images(resume_key, tmp_path):

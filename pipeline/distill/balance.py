@@ -28,7 +28,9 @@ groups no longer decides; the shares do. A method with one group is balanced as 
 
 The same measurement on the same batches after each epoch (:func:`measure`) is logged as
 ``kd_task_grad_ratio``, so drift of the balance during training is visible.
-Measuring never changes the student: its buffers (BatchNorm statistics) are restored.
+Measuring never changes the student: its buffers (BatchNorm statistics) are restored. It runs in
+float32 whatever ``train.amp`` is, so a float32 and a mixed-precision run of the same student get
+the same weights from the same batches (the terms are float32 under autocast too).
 """
 from __future__ import annotations
 

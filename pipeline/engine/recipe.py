@@ -14,7 +14,7 @@ from pipeline.config import Params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.engine.checkpoint import Arch
 from pipeline.engine.runs import RunId
-from pipeline.engine.trainer import LoopConfig
+from pipeline.engine.trainer import LoopConfig, precision_key
 from pipeline.io import file_sha256
 
 #: LoopConfig fields that do not change the trained weights: a run resumes across a change of them
@@ -75,13 +75,14 @@ def weights_fingerprint(run: RunId, arch: Arch, cfg: LoopConfig, params: Params,
     """The resume key of a training run: everything that changes its weights, nothing else.
 
     A ``last.pt`` written under another key is not resumed. In: the run, its architecture, the
-    loop settings (not the worker count), the input settings, the backbone's init and freezing, the
+    loop settings (not the worker count; ``train.amp`` as the precisions it trains in), the input settings, the backbone's init and freezing, the
     content of the training data (:func:`data_digest`) and ``extra`` (the settings of the KD method
     being run, :func:`pipeline.distill.methods.method_settings`, and the teacher's sha256). Not in:
     the process count (a run resumes under another count), the worker count, paths, the settings
     of methods the run does not use.
     """
     loop = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_WEIGHTS}
+    loop["amp"] = precision_key(cfg.amp)
     return fingerprint(run.model, run.detector, arch.as_dict(), loop, params.input.model_dump(),
                        params.model.model_dump(include={"weights", "norm_eval", "frozen_stages"}),
                        data_digest(data), *extra)

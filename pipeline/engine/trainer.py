@@ -52,7 +52,7 @@ class LoopConfig:
     lr_steps: tuple[int, ...] = ()
     gamma: float = 0.1
     grad_clip: float | None = None
-    amp: bool = True
+    amp: bool = False
     num_workers: int = 0
     seed: int = 0
 
@@ -61,6 +61,25 @@ class LoopConfig:
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int = 0
+
+
+#: What ``train.amp: true`` computes in per device type: float16 on CUDA (with a GradScaler),
+#: bfloat16 on the CPU (fast where the CPU has AVX-512 BF16 or AMX). Other devices: float32.
+AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
+
+
+def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The reduced precision ``train.amp`` means on ``device`` (:data:`AMP_DTYPES`); ``None``
+    (float32 throughout) when ``amp`` is off."""
+    return AMP_DTYPES.get(device.type) if amp else None
+
+
+def precision_key(amp: bool) -> str:
+    """What ``amp`` means, for the resume key: ``"float32"`` or e.g. ``"cuda:float16,cpu:bfloat16"``
+    (a checkpoint of a version where ``amp: true`` meant float32 on the CPU is not resumed)."""
+    if not amp:
+        return "float32"
+    return ",".join(f"{device}:{str(dtype).removeprefix('torch.')}" for device, dtype in AMP_DTYPES.items())
 
 
 def seed_everything(seed: int) -> None:
@@ -184,8 +203,11 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
             that epoch's record (:func:`pipeline.engine.validation.epoch_validation`: val mAP50).
             It must leave the model's mode and the random generators as it found them.
 
-    An ``extra`` with a ``set_loss_scale`` method is told the GradScaler's current scale before
-    each step under mixed precision (the distiller scales its own gradients with it).
+    ``cfg.amp`` runs the forward and the losses under autocast (:func:`autocast_dtype`: float16
+    with a GradScaler on CUDA, bfloat16 on the CPU); parameters, gradients and the optimiser stay
+    float32. An ``extra`` with a ``set_loss_scale`` method is told the GradScaler's current scale
+    before each float16 step (the distiller scales its own gradients with it); bfloat16 has
+    float32's exponent range and needs no scaling.
     """
     is_main = rank == 0
     seed_everything(cfg.seed + rank)
@@ -203,8 +225,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
     sampler = EpochSampler(len(dataset), cfg.seed, rank, world_size)
     local_batch = max(1, cfg.batch_size // world_size)
     loader = make_loader(dataset, local_batch, sampler, cfg.num_workers)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     iters_per_epoch = len(loader)
     log = TrainingLog(log_dir, start_epoch * iters_per_epoch) if is_main and log_dir is not None else None
     try:
@@ -225,9 +247,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: LoopConfig, run_dir: Path, de
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * factor
                 batch = batch.to(device)
-                if use_amp and hasattr(extra, "set_loss_scale"):
+                if scaler.is_enabled() and hasattr(extra, "set_loss_scale"):
                     extra.set_loss_scale(scaler.get_scale())
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     feats = stepper.features(batch.images) if wrap is None else stepper(batch.images)
                     losses = model.losses(feats, batch)
                     if extra is not None:

@@ -432,6 +432,9 @@ class GFLHead(nn.Module):
             labels: ``[M]`` (``C`` = background); label_weights: ``[M]``;
             bbox_targets: ``[M, 4]`` gt boxes in input pixels at positives.
         """
+        # the losses in float32 also under autocast: QFL's IoU targets and the sums over every
+        # anchor of the batch lose too much in bfloat16's 8-bit mantissa
+        cls_flat, reg_flat = cls_flat.float(), reg_flat.float()
         pos = ((labels >= 0) & (labels < self.num_classes)).nonzero().squeeze(1)
         num_pos = _reduce_mean(torch.tensor(float(pos.numel()), device=cls_flat.device)).item()
         # MMDetection 3.3 divides by (num_pos + eps) unclamped; we clamp so a batch without
