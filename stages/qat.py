@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
              for k in range(0, len(chosen), CALIBRATION_BATCH))
     images = calibrate_activations(model, calib, device)
 
-    cfg = dataclasses.replace(loop_config(params, params.qat.epochs), lr=params.qat.lr, lr_steps=())
+    # The fake-quantised values cross each conv as float32 on the CPU: under bfloat16 autocast
+    # (8 significant bits) code x scale would leave the int8 grid the export ships; on CUDA,
+    # float16 keeps 11 bits and train.amp applies as in training.
+    cfg = dataclasses.replace(loop_config(params, params.qat.epochs), lr=params.qat.lr, lr_steps=(),
+                              amp=params.train.amp and device.type == "cuda")
     distiller, method, balanced, extra_key = None, None, None, {}
     if args.method != "none":
         d = params.distill
