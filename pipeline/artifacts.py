@@ -147,6 +147,19 @@ def benchmark_metrics_path(dataset: str, detector: str, model: str, qat_method: 
     return _place(str(Path("metrics") / "benchmark"), dataset, detector, qat_method) / f"{model}.json"
 
 
+def score_path(dataset: str, detector: str, model: str, qat_method: str | None = None) -> Path:
+    """A model's accuracy headline, a DVC metric: ``scores/<ds>/<det>/<model>.json``
+    (QAT export: ``scores/<ds>/<det>/qat/<method>/<model>.json``)."""
+    return _place("scores", dataset, detector, qat_method) / f"{model}.json"
+
+
+def latency_scores_dir(dataset: str, detector: str, model: str, qat_method: str | None = None) -> Path:
+    """An export's latency headlines, one DVC metric per backend:
+    ``scores/<ds>/<det>/latency/<model>/`` (QAT: ``scores/<ds>/<det>/latency/qat/<method>/<model>/``)."""
+    base = Path("scores") / dataset / detector / "latency"
+    return (base if qat_method is None else base / "qat" / qat_method) / model
+
+
 def benchmark_detections_dir(dataset: str, detector: str, model: str, qat_method: str | None = None) -> Path:
     """The val detections of every backend timed: ``detections/benchmark/<ds>/<det>/<model>/``."""
     return _place(str(Path("detections") / "benchmark"), dataset, detector, qat_method) / model

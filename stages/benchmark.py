@@ -6,10 +6,13 @@
            engines) p50/p90/p99 latency at batch 1 (ms), throughput at benchmark.throughput_batch,
            the providers really used, and that artifact's mAP50 on val on that runtime; skipped
            backends with why;
+        -> scores/<dataset>/<detector>/latency/<model>/<backend>.json: each backend's p50/p90 and
+           mAP50 alone, the headline `dvc metrics show` lists (pipeline/report/headline.py);
         -> detections/benchmark/<dataset>/<detector>/<model>/<backend>.npz: the val detections of
            every ONNX Runtime / TensorRT backend timed (the ship stage's paired intervals).
         With --qat <method>: the QAT export exports/<dataset>/<detector>/qat/<method>/<model>/
-        (its int8 file on every runtime; no PyTorch row), written under .../qat/<method>/<model>.
+        (its int8 file on every runtime; no PyTorch row), written under .../qat/<method>/<model>
+        (headlines: scores/<dataset>/<detector>/latency/qat/<method>/<model>/).
 
 The mAP50-against-latency plot of every variant is stage benchmark_plot (stages/benchmark_plot.py), drawn
 from reports/ship.json, where each accuracy carries its interval.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.artifacts import curated_path
+from pipeline.artifacts import curated_path, latency_scores_dir
 from pipeline.config import load_params
 from pipeline.data.dataset import CuratedDataset, load_curated
 from pipeline.deploy.benchmark_suite import run_suite
@@ -26,6 +29,7 @@ from pipeline.engine.checkpoint import load_trained
 from pipeline.engine.runs import QATRun, RunId
 from pipeline.errors import exit_on_user_error
 from pipeline.io import atomic_dir, write_json
+from pipeline.report.headline import write_latency
 
 
 def run(args: argparse.Namespace) -> None:
@@ -38,13 +42,15 @@ def run(args: argparse.Namespace) -> None:
     with atomic_dir(run_id.benchmark_detections_dir) as tmp:
         record = run_suite(model, folder, val, params.benchmark, params.eval.batch_size, tmp)
     write_json(run_id.benchmark_metrics_path, record)
+    headlines = latency_scores_dir(run_id.dataset, run_id.detector, args.model, args.qat)
+    write_latency(headlines, record)
     for name, row in record["backends"].items():
         acc = f"mAP50 {row['mAP50']:.2f}" if "mAP50" in row else "mAP50 n/a"
         print(f"{run_id} {name:28s} p50 {row['p50_ms']:8.2f} ms  p90 {row['p90_ms']:8.2f} ms  "
               f"{row['throughput_ips']:7.1f} img/s  {acc}  [{row['providers']}]")
     for name, why in record["skipped"].items():
         print(f"{run_id} {name:28s} skipped: {why}")
-    print(f"{run_id} -> {run_id.benchmark_metrics_path}, {run_id.benchmark_detections_dir}")
+    print(f"{run_id} -> {run_id.benchmark_metrics_path}, {headlines}, {run_id.benchmark_detections_dir}")
 
 
 @exit_on_user_error

@@ -10,7 +10,7 @@ calibration, epoch 0, and after every epoch: a DVC plot) and plots/gradmaps/<dat
 <method>-<student>/<image>.png (teacher and student gradient maps at the start and end, the
 paper's Fig. 4; an empty folder for a method without a KD term, inherit_only). The teacher is
 models/<dataset>/<detector>/<distill.teacher>.pt. Resumable state lives in
-checkpoints/<dataset>/<detector>/<method>-<student>/last.pt, as for the train stage.
+checkpoints/<dataset>/<detector>/<method>-<student>/last.pt, scratch outside DVC as for the train stage.
 
 Order: build the student (seeded), inherit the teacher's neck and head (``distill.inherit``),
 draw the "start" maps, balance the KD weights (``distill.balance``, pipeline/distill/balance.py),

@@ -1,5 +1,8 @@
 """DVC stage `evaluate@...`: score a model on the val split -> metrics/<dataset>/<detector>/<model>.json.
 
+Its headline (mAP50, per-class AP50, KITTI moderate: what `dvc metrics show` lists) goes to
+scores/<dataset>/<detector>/<model>.json (pipeline/report/headline.py).
+
 Also writes detections/<dataset>/<detector>/<model>.npz (every val detection, original pixels) for
 the paired bootstrap of the distillation tables, and plots/eval/<dataset>/<detector>/<model>/
 (predictions on val images, precision-recall curves, confusion matrix: pipeline/report/pictures.py).
@@ -27,6 +30,8 @@ from pipeline.metrics import evaluate_detections
 from pipeline.metrics.bootstrap import save_detections
 from pipeline.models.complexity import count_parameters
 from pipeline.models.factory import detector_gflops
+from pipeline.artifacts import score_path
+from pipeline.report.headline import write_accuracy
 from pipeline.report.pictures import write_pictures
 
 
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             write_pictures(folder, val.coco, detections, metrics, params.eval.pictures, params.eval.picture_score,
                            str(run))
     write_json(run.metrics_path, metrics)
+    write_accuracy(score_path(run.dataset, run.detector, run.model), metrics)
     print(f"{run}: mAP50 {metrics['mAP50']:.2f}  voc_mAP50 {metrics['voc_mAP50']:.2f}  "
           f"params {metrics['params_M']:.2f} M  GFLOPs {gflops:.2f} -> {run.metrics_path}")
 

@@ -14,7 +14,8 @@ on; fine-tune ``qat.epochs`` at ``qat.lr``. Writes models/<dataset>/<detector>/q
 (named ``<role>_qat-<backbone>`` or ``<role>_qat_<method>-<backbone>`` in the tables; meta:
 parent, method, the balanced KD weights, the quantization scheme) and its DVCLive folder
 dvclive/<dataset>/<detector>/qat/<method>/<model>/. Resumable state lives in
-checkpoints/<dataset>/<detector>/qat/<method>/<model>/last.pt. One process (no data-parallel
+checkpoints/<dataset>/<detector>/qat/<method>/<model>/last.pt (scratch outside DVC, as for the
+train stage). One process (no data-parallel
 launcher).
 """
 from __future__ import annotations

@@ -11,7 +11,9 @@ trained fake quantizers', pipeline/quant/export_qdq.py) and manifest.json, after
 Also scores the same trained weights with the quantizers off (``mAP50_float_weights``, and the
 int8 file's paired interval against them: what int8 itself costs, apart from the fine-tuning) and
 writes the int8 file's val detections (detections/<dataset>/<detector>/qat/<method>/<model>.npz,
-for the paired bootstrap of the qat table) and metrics/<dataset>/<detector>/qat/<method>/<model>.json.
+for the paired bootstrap of the qat table) and metrics/<dataset>/<detector>/qat/<method>/<model>.json,
+with the int8 file's headline (mAP50, per-class AP50, KITTI moderate: what `dvc metrics show`
+lists) in scores/<dataset>/<detector>/qat/<method>/<model>.json.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from pipeline.engine.inference import predict_dataset
 from pipeline.metrics import evaluate_detections
 from pipeline.metrics.bootstrap import image_matches, paired_gain, save_detections
 from pipeline.quant.qat import load_qat_model, quantizer_mode
+from pipeline.artifacts import score_path
+from pipeline.report.headline import write_accuracy
 
 
 @exit_on_user_error
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                               "mAP50_float_weights": float_map, "int8_vs_float_weights": versus_float,
                               "tensorrt_ready": entry["tensorrt_readiness"]["ready"],
                               "quantized_nodes": entry["recipe"]["quantized_nodes"]})
+    write_accuracy(score_path(run.dataset, run.detector, args.model, args.method),
+                   evaluate_detections(val.coco, dets))
     parity = manifest["parity"]
     print(f"exported {run} in {time.perf_counter() - start:.0f} s: int8 mAP50 ONNX Runtime {entry['eval']['mAP50']:.2f} "
           f"/ PyTorch fake-quant {parity['mAP50_pytorch']:.2f}, {parity['matched']} of {parity['detections_pytorch']} "

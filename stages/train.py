@@ -2,8 +2,10 @@
 
 Writes models/<dataset>/<detector>/<model>.pt and, through DVCLive, dvclive/<dataset>/<detector>/
 <model>/ (loss terms, learning rate, images/s every few steps and per epoch: DVC metrics and
-plots). Resumable state lives in checkpoints/<dataset>/<detector>/<model>/last.pt (a persistent DVC output), so a killed
-`dvc repro` continues from the last finished epoch.
+plots). Resumable state lives in checkpoints/<dataset>/<detector>/<model>/last.pt, git-ignored scratch
+that DVC neither tracks nor deletes: a killed `dvc repro` continues from the last finished epoch when
+it is there, and a workspace without it (a clone, `dvc exp run --temp`) is still up to date, since
+the stage's outputs (model, DVCLive files) come from DVC's cache.
 
 Runs as one process (``python stages/train.py ...``) or data-parallel under torchrun
 (``params.yaml: distributed.launcher``); only rank 0 writes files.

@@ -54,9 +54,12 @@ def repro(tmp_path_factory):
     # README command 1 in a newcomer's shell: `.venv/bin/dvc repro` with no virtualenv active and a
     # plain system PATH; .venv is this test's environment, where scripts/setup would have made it
     (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    # PYTHONPATH: the stages import the copy's own code, as a clone's editable install would
     env = {"HOME": os.environ.get("HOME", str(root)), "PATH": PLAIN_PATH, "OMP_NUM_THREADS": "2",
-           "LANG": "C.UTF-8"}
+           "LANG": "C.UTF-8", "PYTHONPATH": str(root)}
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    for key, value in (("user.name", "e2e test"), ("user.email", "e2e@example.invalid")):
+        subprocess.run(["git", "config", key, value], cwd=root, check=True)   # this repository only
     result = subprocess.run([str(root / ".venv" / "bin" / "dvc"), "repro"], cwd=root, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -136,6 +139,51 @@ def test_second_repro_is_up_to_date_and_metrics_are_listed(repro):
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     shown = subprocess.run([dvc, "metrics", "show", "--json"], cwd=root, env=env, capture_output=True, text=True)
     assert "baseline-resnet18.json" in shown.stdout and "mAP50" in shown.stdout
+    # the table a person reads: headline figures only (scores/), one row per model and per variant
+    table = subprocess.run([dvc, "metrics", "show"], cwd=root, env=env, capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(map(len, lines)) <= 200, table.stdout
+    header = lines[0].split()
+    assert header[0] == "Path" and {"mAP50", "AP50.Car", "kitti_moderate", "p50_ms", "p90_ms"} <= set(header), header
+    assert all(line.startswith("scores/") for line in lines[1:] if line.strip()), table.stdout
+    assert any("latency/qat/gkd_bmfi/gkd_bmfi-resnet18/onnxruntime-cpu-int8.json" in line for line in lines)
+
+
+def stages_run(output: str) -> set[str]:
+    """The stages a `dvc repro` or `dvc exp run` ran, from its "Running stage '<name>':" lines."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def test_experiments_and_clones_restore_from_the_cache(repro, tmp_path):
+    """After `dvc repro` and a commit of dvc.lock, a benchmark setting in a temporary-workspace
+    experiment reruns only the stages that time and what reads them (no training: its outputs come
+    from DVC's cache, the checkpoints are not needed), and a git clone sharing the cache is up to date."""
+    root, env = repro
+    dvc = str(root / ".venv" / "bin" / "dvc")
+    git = ["git", "-C", str(root)]
+    subprocess.run([*git, "add", "-A", "--", ".", ":!.venv"], check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny profile after dvc repro"], check=True)
+    ran = subprocess.run([dvc, "exp", "run", "--temp", "-S", "benchmark.iters=4"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    names = stages_run(ran.stdout + ran.stderr)
+    timing = {n for n in names if n.split("@")[0] in {"benchmark", "benchmark_qat"}}
+    assert len(timing) == 4, names               # 2 exports and 2 QAT exports
+    readers = {"benchmark", "benchmark_qat", "qat_tables", "ship", "benchmark_plot", "report"}
+    assert all(n.split("@")[0] in readers for n in names), sorted(names)
+    # a clone: git plus the first repository's DVC cache, no checkpoints/ and no dvclive/ of its own
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    (clone / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    cache = subprocess.run([dvc, "cache", "dir"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    for args in (["cache", "dir", "--local", cache.stdout.strip()], ["config", "--local", "cache.type", "hardlink,copy"],
+                 ["checkout", "--quiet"]):
+        done = subprocess.run([dvc, *args], cwd=clone, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not (clone / "checkpoints").exists()
+    status = subprocess.run([dvc, "status", "--json"], cwd=clone, env=env, capture_output=True, text=True)
+    assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout[-3000:]
 
 
 def stale_stages(root: Path, env: dict, edit) -> set[str]:

@@ -154,7 +154,8 @@ def test_the_paths_the_stages_write_are_the_paths_dvc_yaml_declares():
     ds, det = "kitti", "gfl"
     run = RunId(ds, det, "gkd_bmfi-resnet18")
     train = dvc_paths("train", {"dataset": ds, "detector": det, "model": run.model})
-    assert {str(run.model_path), str(run.checkpoint_dir), str(run.live_dir / "metrics.json")} <= train
+    assert {str(run.model_path), str(run.live_dir / "metrics.json")} <= train
+    assert str(run.checkpoint_dir) not in train   # resumable scratch, not a DVC output
     distill = dvc_paths("distill", {"dataset": ds, "detector": det, "student": "resnet18", "method": "gkd_bmfi"})
     assert {str(run.model_path), str(run.gradmap_dir), str(run.balance_log_path)} <= distill
     assert str(artifacts.kd_settings_path(ds, det, "gkd_bmfi")) in dvc_paths(
@@ -162,17 +163,22 @@ def test_the_paths_the_stages_write_are_the_paths_dvc_yaml_declares():
     assert str(artifacts.kd_settings_path(ds, det, "none", qat=True)) in dvc_paths(
         "qat_kd_settings", {"dataset": ds, "detector": det, "method": "none"})
     evaluate = dvc_paths("evaluate", {"dataset": ds, "detector": det, "model": run.model})
-    assert {str(run.metrics_path), str(run.detections_path), str(run.pictures_dir)} == evaluate
+    assert {str(run.metrics_path), str(run.detections_path), str(run.pictures_dir),
+            str(artifacts.score_path(ds, det, run.model))} == evaluate
     assert str(artifacts.curated_path(ds, "val")) in dvc_paths("curate", {"dataset": ds})
     assert dvc_paths("export", {"dataset": ds, "detector": det, "model": run.model}) == {str(run.export_dir)}
     assert dvc_paths("benchmark", {"dataset": ds, "detector": det, "model": run.model}) == {
-        str(run.benchmark_metrics_path), str(run.benchmark_detections_dir)}
+        str(run.benchmark_metrics_path), str(run.benchmark_detections_dir),
+        str(artifacts.latency_scores_dir(ds, det, run.model))}
 
     qat = QATRun(ds, det, "gkd_bmfi-resnet18", "none")
     item = {"dataset": ds, "detector": det, "model": qat.parent, "method": qat.method}
-    assert {str(qat.model_path), str(qat.checkpoint_dir), str(qat.live_dir / "metrics.json")} <= dvc_paths("qat", item)
-    assert dvc_paths("qat_export", item) == {str(qat.export_dir), str(qat.detections_path), str(qat.metrics_path)}
-    assert dvc_paths("benchmark_qat", item) == {str(qat.benchmark_metrics_path), str(qat.benchmark_detections_dir)}
+    assert {str(qat.model_path), str(qat.live_dir / "metrics.json")} <= dvc_paths("qat", item)
+    assert str(qat.checkpoint_dir) not in dvc_paths("qat", item)
+    assert dvc_paths("qat_export", item) == {str(qat.export_dir), str(qat.detections_path), str(qat.metrics_path),
+                                            str(artifacts.score_path(ds, det, qat.parent, qat.method))}
+    assert dvc_paths("benchmark_qat", item) == {str(qat.benchmark_metrics_path), str(qat.benchmark_detections_dir),
+                                               str(artifacts.latency_scores_dir(ds, det, qat.parent, qat.method))}
 
     pair = {"dataset": ds, "detector": det}
     assert {str(p) for p in artifacts.table_paths("distill", ds, det)} == dvc_paths("distill_tables", pair)

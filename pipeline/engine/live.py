@@ -1,12 +1,14 @@
 """Training metrics through DVCLive: step-level loss terms, learning rate and throughput, and
 the per-epoch record, in ``dvclive/<dataset>/<detector>/<model>/`` (rank 0 only).
 
-Files (DVCLive's layout, read by ``dvc.yaml``): ``metrics.json`` (the latest values: what
-``dvc exp show`` and ``dvc metrics show`` list, rewritten at every logged step, so a running
-or queued experiment shows its progress) and ``plots/metrics/{train,epoch}/<name>.tsv`` (one
-row per logged step: ``step`` is the global iteration; epoch rows are logged at the epoch's
-last iteration). No ``dvc.yaml`` section, report or git commit of DVCLive's own: the
-pipeline's ``dvc.yaml`` declares these files.
+Files (DVCLive's layout, read by ``dvc.yaml``): ``metrics.json`` (the latest values, rewritten
+at every logged step: a plain cached output, not a DVC metric, since its dozen loss terms would
+widen every ``dvc metrics show`` and ``dvc exp show`` table) and
+``plots/metrics/{train,epoch}/<name>.tsv`` (one row per logged step: ``step`` is the global
+iteration; epoch rows are logged at the epoch's last iteration; DVC plots). Both are persistent
+outputs in DVC's cache, so a clone or an experiment restores them with the model. No
+``dvc.yaml`` section, report or git commit of DVCLive's own: the pipeline's ``dvc.yaml``
+declares these files.
 
 A resumed run continues the same files: rows at or after the iteration it resumes from
 (written by the killed attempt) are dropped first, so every step appears once.
