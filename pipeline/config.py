@@ -175,7 +175,7 @@ class TrainParams(Record):
     lr_steps: tuple[Annotated[int, Field(ge=1)], ...] = ()
     gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     grad_clip: Annotated[float | None, Field(gt=0.0)] = 35.0
-    amp: bool = False
+    amp: bool = True
     num_workers: Annotated[int, Field(ge=0, le=64)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_train_images: Annotated[int | None, Field(ge=1)] = None
