@@ -180,7 +180,7 @@ def main() -> None:
 def link_teacher(source: Path, root: Path) -> None:
     """Link ``source``'s data and finished teacher (model, metrics, detections) into ``root``."""
     teacher = RunId(DATASET, DETECTOR, TEACHER)
-    for path in (Path("data"), teacher.model_path, teacher.metrics_path, teacher.detections_path):
+    for path in (DATA_ROOT, teacher.model_path, teacher.metrics_path, teacher.detections_path):
         if not (source / path).exists():
             raise SystemExit(f"error: --teacher-from {source}: {path} is missing; finish that workdir's teacher first")
         name = root / path
