@@ -5,6 +5,8 @@ One teacher, N seeds of every student, intervals.
     .venv/bin/python benchmarks/kd_claims.py --profile gpu       # larger, for a GPU machine
     .venv/bin/python benchmarks/kd_claims.py --rows gkd_bmfi:terms bmfi:terms   # a subset
     .venv/bin/python benchmarks/kd_claims.py --profile smoke --seeds 2  # a minute: checks the script
+    .venv/bin/python benchmarks/kd_claims.py --workdir .kd_claims/descent --teacher-from .kd_claims/cpu \
+        --set distill.gkd.sign=descent --no-control --rows gkd_bmfi:terms gkd:terms   # one setting changed
     .venv/bin/python benchmarks/kd_claims.py --workdir .kd_claims/bf16 --teacher-from .kd_claims/cpu --amp \
         --no-control --rows gkd_bmfi --seeds 2 --compare-to .kd_claims/cpu   # the same rows in mixed precision
 
@@ -32,7 +34,7 @@ GKD's own contribution (``gkd_bmfi:terms`` - ``bmfi:terms``) and BMFI's (``gkd_b
 
 ``--teacher-from DIR`` reuses another workdir's data, teacher and params.yaml (so the rows differ
 from DIR's only by what the options change, e.g. ``--amp``: mixed precision, bfloat16 on the
-CPU); ``--compare-to DIR`` then prints each row's gain over the same row in DIR, paired by seed
+CPU, or ``--set distill.gkd.sign=descent``); ``--compare-to DIR`` then prints each row's gain over the same row in DIR, paired by seed
 and val image, with its interval (also alone with ``--report-only``).
 """
 from __future__ import annotations
@@ -101,10 +103,13 @@ def base_params() -> dict:
 
 
 def profile_params(profile: str, seed: int, methods: tuple[str, ...], balance: str = "auto",
-                   shares: dict[str, float] | None = None, amp: bool | None = None) -> dict:
+                   shares: dict[str, float] | None = None, amp: bool | None = None,
+                   overrides: tuple[dict, ...] = ()) -> dict:
     params = merge(base_params(), PROFILES[profile])
     if amp is not None:
         params = merge(params, {"train": {"amp": amp}})
+    for override in overrides:
+        params = merge(params, override)
     mode = {"mode": balance, **({"shares": shares} if shares else {})}
     return merge(params, {"seed": seed, "datasets": [DATASET],
                           "model": {"detectors": [DETECTOR], "train": [TEACHER, f"baseline-{STUDENT}"]},
@@ -131,6 +136,18 @@ def step(folder: Path, done: Path, what: str, run) -> float:
     return took
 
 
+def parse_override(text: str) -> dict:
+    """``"distill.gkd.sign=descent"`` -> ``{"distill": {"gkd": {"sign": "descent"}}}`` (the value
+    read as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE, e.g. distill.gkd.sign=descent")
+    tree: dict = yaml.safe_load(value)
+    for part in reversed(key.strip().split(".")):
+        tree = {part: tree}
+    return tree
+
+
 def parse_shares(text: str) -> dict[str, float]:
     """``"gkd=0.5,bmfi=0.5"`` -> ``{"gkd": 0.5, "bmfi": 0.5}``."""
     pairs = [item.split("=", 1) for item in text.split(",") if item]
@@ -151,6 +168,9 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="print the table of what is finished")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="train.amp for every model (default: params.yaml's); on the CPU: bfloat16")
+    parser.add_argument("--set", dest="overrides", type=parse_override, action="append", default=[],
+                        metavar="KEY=VALUE", help="a params.yaml value for every student, e.g. "
+                        "distill.gkd.sign=descent (repeatable)")
     parser.add_argument("--teacher-from", type=Path, default=None,
                         help="a workdir whose data, teacher and params.yaml this run reuses")
     parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
@@ -219,7 +239,8 @@ def compare(root: Path, other: Path, seeds: int, rows: tuple[str, ...], resample
 def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: dict[str, list[float]]) -> None:
     """Train and evaluate the teacher, then every seed's baseline and rows (resumable)."""
     by_balance = {b: tuple(m for m, bb in map(split_row, rows) if bb == b) for b in ("auto", "auto_terms")}
-    prepare(root, profile_params(args.profile, 0, by_balance["auto"] or ("inherit_only",), amp=args.amp), [])
+    prepare(root, profile_params(args.profile, 0, by_balance["auto"] or ("inherit_only",), amp=args.amp,
+                                 overrides=tuple(args.overrides)), [])
     print(f"kd_claims ({args.profile}) in {root}", flush=True)
     step(root, root / raw_dir(DATASET), "synthesize", lambda: synthesize.main([]))
     step(root, root / curated_path(DATASET, "val"), "curate", lambda: curate.main([DATASET]))
@@ -236,7 +257,7 @@ def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: 
                 with working_dir(root):
                     prepare(folder.relative_to(root), profile_params(args.profile, seed, by_balance[balance] or
                                                                      ("inherit_only",), balance, args.shares,
-                                                                     args.amp),
+                                                                     args.amp, tuple(args.overrides)),
                             [DATA_ROOT, teacher.model_path])
                 model = f"{method}-{STUDENT}"
                 run = RunId(DATASET, DETECTOR, model)

@@ -228,7 +228,9 @@ class GKDParams(Record):
     """GKD-BMFI settings shared by its method names ``gkd_bmfi``, ``bmfi``, ``mfi``, ``gkd``.
 
     Choices the paper leaves open (docs/method.md, GKD and BMFI), defaults first:
-    ``signed`` (false: maps from |grad| and |A|, as the released code), ``targets`` (``pseudo``:
+    ``signed`` (false: maps from |grad| and |A|, as the released code), ``sign`` of a signed map's
+    channel weights (``ascent``: Eq. 1 as printed; ``descent``: negated, Grad-CAM's convention),
+    ``targets`` (``pseudo``:
     the model's own top ``pseudo_top_k`` detections with score > ``pseudo_score_thr``, as
     released), ``area_normalize`` (divide each box's mask patch by its grown area),
     ``temperature`` T of the attention, ``standardize`` (imitate per-channel standardised
@@ -237,6 +239,7 @@ class GKDParams(Record):
     """
 
     signed: bool = True
+    sign: Literal["ascent", "descent"] = "ascent"
     targets: Literal["gt", "pseudo"] = "gt"
     pseudo_top_k: Annotated[int, Field(ge=1, le=1000)] = 10
     pseudo_score_thr: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
@@ -249,6 +252,13 @@ class GKDParams(Record):
     datasets: dict[Annotated[str, Field(pattern=DATASET_NAME)], dict[Literal["gfl", "faster_rcnn"], GKDWeights]] = {
         "coco_traffic": {"gfl": GKDWeights(gkd_weight=0.5, beta=1e-3, alpha=0.5),
                          "faster_rcnn": GKDWeights(gkd_weight=0.01, beta=5e-5, alpha=1.0)}}
+
+    @model_validator(mode="after")
+    def _sign_needs_signed_maps(self) -> "GKDParams":
+        if self.sign == "descent" and not self.signed:
+            raise FieldError("sign", "= descent negates the channel weights of signed maps, but signed is false "
+                             "(maps from |grad| have no sign); set signed: true or sign: ascent")
+        return self
 
     def weights(self, dataset: str | None, detector: str) -> GKDWeights:
         """The weights for ``detector`` on ``dataset``: ``datasets.<dataset>.<detector>`` if set,

@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         teacher.to(device)
         student.to(device)
         on_device = pictures.to(device)
-        rows["teacher"] = maps_of(teacher, on_device, d.gkd.signed)
-        rows["student start"] = maps_of(student, on_device, d.gkd.signed)
+        rows["teacher"] = maps_of(teacher, on_device, d.gkd.signed, sign=d.gkd.sign)
+        rows["student start"] = maps_of(student, on_device, d.gkd.signed, sign=d.gkd.sign)
 
     balanced = balanced_distiller(student, teacher, method, d, data, cfg.batch_size, cfg.seed, device, str(run),
                                   announce=env.is_main)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with atomic_dir(run.gradmap_dir) as folder:
         if pictures is not None:
-            rows["student end"] = maps_of(student, pictures.to(device), d.gkd.signed)
+            rows["student end"] = maps_of(student, pictures.to(device), d.gkd.signed, sign=d.gkd.sign)
             render(pictures, rows, tuple(student.strides), folder, params.input.mean, params.input.std, str(run))
     save_model(run.model_path, student, arch,
                meta={"role": args.method, "epochs": epochs, "dataset": run.dataset, "teacher": d.teacher,

@@ -79,7 +79,11 @@ def test_qat_model_that_is_never_trained_is_refused_at_load():
     (lambda d: d["input"].update(mean=[1, 2]),
      "params.yaml: input.mean needs 3 values (one per RGB channel), got 2: [1, 2]; write R, G, B as in the "
      "default [123.675, 116.28, 103.53]"),
-], ids=["opt_batch_over_max_batch", "nms_max_boxes_over_tensorrts", "duplicate_qat_methods", "two_value_mean"])
+    (lambda d: d["distill"]["gkd"].update(signed=False, sign="descent"),
+     "params.yaml: distill.gkd.sign = descent negates the channel weights of signed maps, but signed is false "
+     "(maps from |grad| have no sign); set signed: true or sign: ascent"),
+], ids=["opt_batch_over_max_batch", "nms_max_boxes_over_tensorrts", "duplicate_qat_methods", "two_value_mean",
+        "descent_sign_of_unsigned_maps"])
 def test_record_level_refusal_is_file_field_reason_fix_without_the_section(edit, expected):
     line = refusal(edit)
     assert line == expected

@@ -136,6 +136,19 @@ def test_total_is_eq10_and_each_method_name_switches_the_table3_terms():
     assert all(s.grad.abs().sum() > 0 for s in student)
 
 
+def test_descent_sign_reaches_the_gkd_term():
+    """distill.gkd.sign: descent builds both models' maps from the negated channel weights."""
+    student, teacher, s_grads, t_grads = _features()
+    ctx = KDContext("gfl", (8, 16), {}, student_grads=s_grads, teacher_grads=t_grads)
+    params = DistillParams(gkd={"sign": "descent"})
+    got = build_method("gkd", "gfl", params)(student, teacher, _Batch(), ctx)["kd_gkd_gkd"]
+    l_gkd = gkd_loss([gradient_map(t, -g) for t, g in zip(teacher, t_grads)],
+                     [gradient_map(s, -g) for s, g in zip(student, s_grads)])
+    assert got.item() == pytest.approx(params.gkd.gfl.gkd_weight * l_gkd.item(), rel=1e-6)
+    ascent = build_method("gkd", "gfl", DistillParams())(student, teacher, _Batch(), ctx)["kd_gkd_gkd"]
+    assert ascent.item() != pytest.approx(got.item(), rel=1e-3)
+
+
 def test_mask_off_ablation_has_the_masked_scale_on_an_all_ones_mask():
     """Table 3's MFI row (mask off) must weigh the map like the box mask does for one box that
     covers the whole map, not H*W times more (the unnormalised all-ones mask did)."""

@@ -44,6 +44,19 @@ def test_gradient_map_is_min_max_normalised_relu_of_weighted_sum():     # Eq. 2-
     assert torch.allclose(m[0, 0], torch.tensor([[0.0, 1.0], [0.0, 2.0]]) / (2 + EPS))
 
 
+def test_descent_sign_keeps_the_cells_whose_growth_lowers_the_loss():
+    # -(0.5*A0 - 1.5*A1) = [[1, -1], [0, -2]] -> ReLU [[1, 0], [0, 0]]: the one cell where raising the
+    # features lowers the loss, which Eq. 1 as printed (ascent) maps to 0
+    assert channel_weights(G, sign="descent").flatten().tolist() == [-0.5, 1.5]
+    m = gradient_map(A, G, sign="descent")
+    assert torch.allclose(m[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]) / (1 + EPS))
+    assert gradient_map(A, G)[0, 0, 0, 0] == 0.0
+    # the sign has no meaning for maps from |grad| and |A|
+    assert torch.equal(gradient_map(A, G, signed=False, sign="descent"), gradient_map(A, G, signed=False))
+    with pytest.raises(ValueError, match="sign"):
+        channel_weights(G, sign="down")
+
+
 def test_unsigned_map_uses_absolute_gradient_and_features():
     # 0.5*|A0| + 1.5*|A1| = [[2, 1], [3, 2]] -> (M - 1) / (2 + eps)
     m = gradient_map(-A, G, signed=False)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from pipeline.distill.base import KDContext, KDMethod
-from pipeline.distill.gkd import EPS, gkd_loss, gradient_map, scaled_grad, task_loss
+from pipeline.distill.gkd import EPS, SIGNS, gkd_loss, gradient_map, scaled_grad, task_loss
 from pipeline.distill.masks import gaussian_box_mask
 from pipeline.structures import Batch
 
@@ -141,6 +141,8 @@ class GKDBMFI(KDMethod):
         alpha: weight of the attention L1 inside ``L_BMFI`` (Eq. 9).
         temperature: ``T`` of the attention (Eq. 7-8).
         signed: ``False``: GKD maps from ``|grad|`` and ``|A|`` (the released code).
+        sign: ``"ascent"`` (Eq. 1 as printed) or ``"descent"`` (Grad-CAM's sign) for signed maps
+            (:func:`pipeline.distill.gkd.channel_weights`).
         targets: ``"gt"`` or ``"pseudo"``: the targets of the ``L_task`` whose gradient weights
             the GKD maps (the distiller computes them).
         area_normalize: divide each box's mask patch by its area (``M_box``).
@@ -156,7 +158,8 @@ class GKDBMFI(KDMethod):
     def __init__(self, name: str = "gkd_bmfi", gkd: bool = True, mask: bool = True, mfi: bool = True,
                  gkd_weight: float = 0.1, beta: float = 1e-3, alpha: float = 0.5, temperature: float = 0.5,
                  signed: bool = True, targets: str = "gt", area_normalize: bool = True,
-                 pseudo_top_k: int = 10, pseudo_score_thr: float = 0.3, standardize: bool = False) -> None:
+                 pseudo_top_k: int = 10, pseudo_score_thr: float = 0.3, standardize: bool = False,
+                 sign: str = "ascent") -> None:
         super().__init__()
         if targets not in ("gt", "pseudo"):
             raise ValueError(f"targets must be 'gt' or 'pseudo', got {targets!r}")
@@ -165,7 +168,9 @@ class GKDBMFI(KDMethod):
         self.name = name
         self.use_gkd, self.use_mask, self.use_mfi = gkd, mask, mfi
         self.gkd_weight, self.beta, self.alpha, self.temperature = gkd_weight, beta, alpha, temperature
-        self.signed, self.targets, self.area_normalize = signed, targets, area_normalize
+        if sign not in SIGNS:
+            raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+        self.signed, self.sign, self.targets, self.area_normalize = signed, sign, targets, area_normalize
         self.pseudo_top_k, self.pseudo_score_thr = pseudo_top_k, pseudo_score_thr
         self.standardize = standardize
         self.needs_teacher_loss = gkd
@@ -189,8 +194,8 @@ class GKDBMFI(KDMethod):
         terms: dict[str, Tensor] = {}
         if self.use_gkd:
             s_grads, t_grads = self._gradients(student_feats, context)
-            s_maps = [gradient_map(f, g, self.signed, EPS) for f, g in zip(student_feats, s_grads)]
-            t_maps = [gradient_map(f, g, self.signed, EPS) for f, g in zip(teacher_feats, t_grads)]
+            s_maps = [gradient_map(f, g, self.signed, EPS, self.sign) for f, g in zip(student_feats, s_grads)]
+            t_maps = [gradient_map(f, g, self.signed, EPS, self.sign) for f, g in zip(teacher_feats, t_grads)]
             terms[f"kd_{self.name}_gkd"] = self.gkd_weight * gkd_loss(t_maps, s_maps)
         if self.use_mask or self.use_mfi:
             temperature = self.temperature if self.use_mfi else None

@@ -18,6 +18,8 @@ the student's from its own training forward (the distiller supplies them, see
 ``pipeline/distill/distiller.py``).
 
 Switches: ``signed=False`` uses ``|dL/dA|`` and ``|A|`` as the released code does;
+``sign="descent"`` negates the weights of a signed map (Grad-CAM's convention, see
+:func:`channel_weights`);
 ``targets="pseudo"`` (handled by the distiller) uses the model's own confident detections as
 the targets of ``L_task``. The KD method combining GKD with BMFI (Eq. 10) is
 :class:`pipeline.distill.bmfi.GKDBMFI`.
@@ -35,11 +37,25 @@ from pipeline.structures import Batch
 EPS = 1e-7
 
 
-def channel_weights(grad: Tensor, signed: bool = True) -> Tensor:
+#: ``distill.gkd.sign``: the sign of the channel weights of a signed map.
+SIGNS = ("ascent", "descent")
+
+
+def channel_weights(grad: Tensor, signed: bool = True, sign: str = "ascent") -> Tensor:
     """Eq. 1: ``[N, C, H, W]`` gradient -> ``[N, C, 1, 1]`` spatial mean per image and channel
-    (of ``|grad|`` when not ``signed``), detached and float32."""
+    (of ``|grad|`` when not ``signed``), detached and float32.
+
+    ``sign`` (signed maps only): ``"ascent"`` is Eq. 1 as printed, ``w = mean dL/dA``: after the
+    ReLU of Eq. 3 the map keeps the features whose growth *raises* the loss, which on a trained
+    detector are mostly background cells where it still errs. ``"descent"`` negates it,
+    ``w = -mean dL/dA``, Grad-CAM's convention (weights from the gradient of what the model should
+    increase): the map keeps the features whose growth lowers the loss, the evidence for the
+    objects (docs/method.md, 'GKD's sign')."""
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
     g = grad.detach().float()
-    return (g if signed else g.abs()).mean(dim=(2, 3), keepdim=True)
+    w = (g if signed else g.abs()).mean(dim=(2, 3), keepdim=True)
+    return -w if signed and sign == "descent" else w
 
 
 def minmax_normalize(maps: Tensor, eps: float = EPS) -> Tensor:
@@ -50,18 +66,20 @@ def minmax_normalize(maps: Tensor, eps: float = EPS) -> Tensor:
     return (maps - lo) / (hi - lo + eps)
 
 
-def gradient_map(feats: Tensor, grad: Tensor, signed: bool = True, eps: float = EPS) -> Tensor:
+def gradient_map(feats: Tensor, grad: Tensor, signed: bool = True, eps: float = EPS, sign: str = "ascent") -> Tensor:
     """Eq. 2-4 for one level: ``Norm(ReLU(sum_k w_k A_k))``.
 
     Args:
         feats: ``A`` ``[N, C, H, W]``; stays in the graph (gradient flows to it, not to ``w``).
         grad: ``dL_task/dA`` ``[N, C, H, W]`` (used detached).
         signed: ``False``: ``|grad|`` and ``|A|`` (the released code's reading).
+        sign: ``"ascent"`` (Eq. 1 as printed) or ``"descent"`` (negated weights), see
+            :func:`channel_weights`.
 
     Returns:
         ``[N, 1, H, W]`` float32 in ``[0, 1]``.
     """
-    w = channel_weights(grad, signed)
+    w = channel_weights(grad, signed, sign)
     # ReLU and Norm are positively homogeneous, so scaling an image's weights by a positive
     # number leaves its ideal map unchanged; scaling them to a largest magnitude of 1 makes the
     # eps of Norm act relative to the map's range. Otherwise gradients of 1e-6 (the task loss is
@@ -167,7 +185,7 @@ def pseudo_targets(detector, feats: list[Tensor], batch: Batch, top_k: int = 10,
 
 
 def detector_gradient_maps(detector, batch: Batch, signed: bool = True, targets: str = "gt",
-                           top_k: int = 10, score_thr: float = 0.3) -> list[Tensor]:
+                           top_k: int = 10, score_thr: float = 0.3, sign: str = "ascent") -> list[Tensor]:
     """GKD maps of one detector on a batch, per level ``[N, 1, H_l, W_l]`` (for pictures).
 
     The features are computed without gradient, the gradients as for the teacher side
@@ -177,4 +195,4 @@ def detector_gradient_maps(detector, batch: Batch, signed: bool = True, targets:
         feats = detector.features(batch.images)
     target_batch = pseudo_targets(detector, feats, batch, top_k, score_thr) if targets == "pseudo" else batch
     _, _, grads = head_gradients(detector, feats, target_batch)
-    return [gradient_map(f, g, signed).detach() for f, g in zip(feats, grads)]
+    return [gradient_map(f, g, signed, sign=sign).detach() for f, g in zip(feats, grads)]

@@ -35,13 +35,13 @@ def gradmap_batch(val: CuratedDataset, count: int) -> Batch | None:
     return collate([val[i] for i in range(count)]) if count else None
 
 
-def maps_of(detector, batch: Batch, signed: bool = True, targets: str = "gt") -> list[Tensor]:
+def maps_of(detector, batch: Batch, signed: bool = True, targets: str = "gt", sign: str = "ascent") -> list[Tensor]:
     """A detector's GKD maps on ``batch`` in eval mode, per level ``[N, 1, H_l, W_l]`` on CPU;
     the detector's train/eval mode is restored afterwards."""
     was_training = detector.training
     detector.eval()
     try:
-        maps = detector_gradient_maps(detector, batch, signed, targets)
+        maps = detector_gradient_maps(detector, batch, signed, targets, sign=sign)
     finally:
         detector.train(was_training)
     return [m.cpu() for m in maps]

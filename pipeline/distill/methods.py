@@ -32,7 +32,7 @@ def _gkd_family(name: str, detector: str, params: DistillParams, channels: int, 
     g = params.gkd
     weights = g.weights(dataset, detector)
     return GKDBMFI(name=name, gkd=gkd, mask=mask, mfi=mfi, gkd_weight=weights.gkd_weight, beta=weights.beta,
-                   alpha=weights.alpha, temperature=g.temperature, signed=g.signed, targets=g.targets,
+                   alpha=weights.alpha, temperature=g.temperature, signed=g.signed, sign=g.sign, targets=g.targets,
                    area_normalize=g.area_normalize, pseudo_top_k=g.pseudo_top_k,
                    pseudo_score_thr=g.pseudo_score_thr, standardize=g.standardize)
 
@@ -158,7 +158,7 @@ def paper_overrides(name: str, detector: str, method: KDMethod, params: DistillP
 #:   pictures, not the weights);
 #: * ``matrix``: which stages exist, nothing inside one.
 SETTING_SCOPES: dict[str, str] = {
-    "teacher": "every", "inherit": "every", "gkd.signed": "every",
+    "teacher": "every", "inherit": "every", "gkd.signed": "every", "gkd.sign": "every",
     "gkd": "gkd", "student_grad": "gkd",
     "balance": "kd",
     "gkd.gfl": "own weights", "gkd.faster_rcnn": "own weights", "gkd.datasets": "own weights",
@@ -179,15 +179,15 @@ def method_settings(name: str, detector: str, params: DistillParams, dataset: st
     ``kd_settings`` file its DVC stage depends on, so that editing another method's settings, or
     another detector's or dataset's weights, neither restarts the run nor makes it stale.
 
-    :data:`SETTING_SCOPES` says which: all methods: the teacher, ``inherit`` and ``gkd.signed``
-    (the gradient-map pictures). The GKD-BMFI family: ``distill.gkd`` with the weights of this
+    :data:`SETTING_SCOPES` says which: all methods: the teacher, ``inherit``, ``gkd.signed`` and
+    ``gkd.sign`` (the gradient-map pictures). The GKD-BMFI family: ``distill.gkd`` with the weights of this
     dataset and detector only, ``student_grad`` and ``balance``. A baseline: its module's
     ``DEFAULTS`` for the detector with ``distill.baselines.<name>.<detector>`` over them, and
     ``balance``. ``inherit_only``: nothing more (it has no KD term to balance).
     """
     check_method(name)
     settings: dict = {"method": name, "teacher": params.teacher, "inherit": params.inherit,
-                      "gradmaps_signed": params.gkd.signed}
+                      "gradmaps_signed": params.gkd.signed, "gradmaps_sign": params.gkd.sign}
     if name in GKD_FAMILY:
         g = params.gkd
         settings["gkd"] = {**g.model_dump(mode="json", exclude=_gkd_fields_of("own weights")),
