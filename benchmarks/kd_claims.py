@@ -6,7 +6,8 @@ One teacher, N seeds of every student, intervals.
     .venv/bin/python benchmarks/kd_claims.py --rows gkd_bmfi:terms bmfi:terms   # a subset
     .venv/bin/python benchmarks/kd_claims.py --profile smoke --seeds 2  # a minute: checks the script
     .venv/bin/python benchmarks/kd_claims.py --workdir .kd_claims/descent --teacher-from .kd_claims/cpu \
-        --set distill.gkd.sign=descent --no-control --rows gkd_bmfi:terms gkd:terms   # one setting changed
+        --reference .kd_claims/cpu --set distill.gkd.sign=descent --no-control \
+        --rows gkd_bmfi:terms gkd:terms    # one setting changed, read against the unchanged rows
     .venv/bin/python benchmarks/kd_claims.py --workdir .kd_claims/bf16 --teacher-from .kd_claims/cpu --amp \
         --no-control --rows gkd_bmfi --seeds 2 --compare-to .kd_claims/cpu   # the same rows in mixed precision
 
@@ -35,7 +36,9 @@ GKD's own contribution (``gkd_bmfi:terms`` - ``bmfi:terms``) and BMFI's (``gkd_b
 ``--teacher-from DIR`` reuses another workdir's data, teacher and params.yaml (so the rows differ
 from DIR's only by what the options change, e.g. ``--amp``: mixed precision, bfloat16 on the
 CPU, or ``--set distill.gkd.sign=descent``); ``--compare-to DIR`` then prints each row's gain over the same row in DIR, paired by seed
-and val image, with its interval (also alone with ``--report-only``).
+and val image, with its interval (also alone with ``--report-only``); ``--reference DIR`` instead
+reads the baseline and every row not trained here from DIR, so the table (contributions
+included) puts the changed rows among DIR's unchanged ones, and no baseline is trained here.
 """
 from __future__ import annotations
 
@@ -175,6 +178,9 @@ def main() -> None:
                         help="a workdir whose data, teacher and params.yaml this run reuses")
     parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                         help="train the inherit-only control too (default: yes)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="a finished workdir of the same teacher: its baseline and the rows not run here "
+                             "are the references of this run's table (the baseline is not trained here)")
     parser.add_argument("--compare-to", type=Path, default=None,
                         help="a workdir with the same rows: print each row's gain over its counterpart there")
     args = parser.parse_args()
@@ -194,7 +200,8 @@ def main() -> None:
     if args.compare_to is not None:
         compare(root, args.compare_to.resolve(), args.seeds, ("baseline", *rows), args.resamples)
     else:
-        report(root, args.seeds, rows, walls, args.resamples, time.perf_counter() - start)
+        reference = args.reference.resolve() if args.reference is not None else None
+        report(root, args.seeds, rows, walls, args.resamples, time.perf_counter() - start, reference)
 
 
 def link_teacher(source: Path, root: Path) -> None:
@@ -251,7 +258,7 @@ def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: 
     first = [r for r in rows if r in ("inherit_only", *ABLATION)]
     for batch in (first, [r for r in rows if r not in first]):
         for seed in range(args.seeds):
-            for row in (["baseline"] if batch is first else []) + batch:
+            for row in (["baseline"] if batch is first and args.reference is None else []) + batch:
                 method, balance = ("baseline", "auto") if row == "baseline" else split_row(row)
                 folder = row_folder(root, seed, row)
                 with working_dir(root):
@@ -293,9 +300,19 @@ def term_ratios(folder: Path, row: str) -> tuple[dict[str, float], dict[str, flo
 
 
 def report(root: Path, seeds: int, rows: tuple[str, ...], walls: dict[str, list[float]], resamples: int,
-           total: float) -> None:
+           total: float, reference: Path | None = None) -> None:
+    """The claims table of ``rows`` in ``root``; with ``reference``, the baseline and every other row
+    (inherit-only, the ablation, the comparison) come from that workdir (same teacher, val set and
+    seeds), so that one changed setting is read against the unchanged ones."""
     val = load_curated(root / curated_path(DATASET, "val"))
-    done = {row: finished_seeds(root, seeds, row) for row in ("baseline", *rows)}
+    done = {row: finished_seeds(root, seeds, row) for row in rows}
+    if reference is not None:
+        others = [r for r in ("baseline", "inherit_only", *ABLATION, *COMPARISON) if r not in rows]
+        done.update({row: finished_seeds(reference, seeds, row) for row in others})
+        print(f"rows from {reference}: {', '.join(others)}; trained here: {', '.join(rows)}")
+        rows = tuple(r for r in (*others, *rows) if r != "baseline")
+    else:
+        done["baseline"] = finished_seeds(root, seeds, "baseline")
     done = {row: folders for row, folders in done.items() if folders}
 
     def model_of(row: str) -> str:
