@@ -8,8 +8,8 @@ targets, ``distill.gkd.signed`` and ``sign`` of that workdir's params unless ``-
 say otherwise):
 
 - **map distance**: GKD's Eq. 5 between the student's and the teacher's gradient maps
-  (Eq. 2-4), ``sum_l mean |M_T - M_S|`` over the FPN levels: how far the student is from what
-  the GKD term pulls it towards;
+  (Eq. 2-4), ``sum_l mean |M_T - M_S|`` over the FPN levels, and each level's term: how far the
+  student is from what the GKD term pulls it towards;
 - **feature distance**: ``sum_l mean (F_T - F_S)^2`` over the raw FPN features ``[N, C, H, W]``:
   what plain imitation pulls towards;
 - **map lift on boxes**, per level and model (teacher included): the share of a map's mass on
@@ -125,7 +125,8 @@ def main() -> None:
                "rows": {}}
     levels = " ".join(f"P{int(np.log2(s))}" for s in strides)
     print(f"{root}: {count} val images, {f'signed ({sign})' if signed else 'unsigned'} maps; map lift per level ({levels}); distances summed over levels\n")
-    print("| model | seeds | map distance to teacher (Eq. 5) | feature distance to teacher (MSE) | map lift |")
+    print("| model | seeds | map distance to teacher (Eq. 5; per level) | feature distance to teacher (MSE) | "
+          "map lift |")
     print("| --- | ---: | ---: | ---: | --- |")
     print(f"| (share of cells on a box) | | | | {' '.join(f'{v:.2f}' for v in shares)} |")
     print(f"| {TEACHER} | | | | {' '.join(f'{v:.2f}' for v in results['teacher']['lift'])} |")
@@ -134,18 +135,22 @@ def main() -> None:
         if not folders:
             print(f"| {row} | 0 | not run yet | | |")
             continue
-        map_d, feat_d, lift = [], [], []
+        map_d, level_d, feat_d, lift = [], [], [], []
         for folder in folders:
             student = load(folder, model_name(row), names, width)
             s_feats, s_maps = features_and_maps(student, batches, signed, sign)
             map_d.append(float(np.mean([gkd_loss(t, s) for t, s in zip(t_maps, s_maps)])))
+            level_d.append([float(np.mean([(t[k] - s[k]).abs().mean() for t, s in zip(t_maps, s_maps)]))
+                            for k in range(len(strides))])
             feat_d.append(float(np.mean([sum(((a - b) ** 2).mean() for a, b in zip(t, s))
                                          for t, s in zip(t_feats, s_feats)])))
             lift.append(lifts(s_maps, batches, strides))
-        mean_lift = np.mean(lift, axis=0).tolist()
+        mean_lift, mean_level = np.mean(lift, axis=0).tolist(), np.mean(level_d, axis=0).tolist()
         results["rows"][row] = {"seeds": [f.relative_to(root).parts[0] for f in folders], "map_distance": map_d,
+                                "map_distance_per_level": mean_level,
                                 "feature_distance": feat_d, "lift": mean_lift}
-        print(f"| {row} | {len(folders)} | {np.mean(map_d):.4f} [{min(map_d):.4f}, {max(map_d):.4f}] | "
+        print(f"| {row} | {len(folders)} | {np.mean(map_d):.3f} [{min(map_d):.3f}, {max(map_d):.3f}] "
+              f"({' '.join(f'{v:.2f}' for v in mean_level)}) | "
               f"{np.mean(feat_d):.4f} [{min(feat_d):.4f}, {max(feat_d):.4f}] | "
               f"{' '.join(f'{v:.2f}' for v in mean_lift)} |", flush=True)
     (root / f"gkd_maps_{sign if signed else 'unsigned'}.json").write_text(json.dumps(results, indent=2))
