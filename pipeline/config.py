@@ -279,7 +279,7 @@ class BalanceParams(Record):
     proportion between them.
     """
 
-    mode: Literal["auto", "auto_terms", "paper"] = "auto"
+    mode: Literal["auto", "auto_terms", "paper"] = "auto_terms"
     ratio: Annotated[float, Field(gt=0.0, le=100.0)] = 0.5
     batches: Annotated[int, Field(ge=1, le=64)] = 4
     #: ``auto_terms``: each term group's share of ``ratio`` (renormalised over the groups a method

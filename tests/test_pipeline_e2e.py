@@ -79,12 +79,14 @@ def test_dvc_repro_curates_trains_and_evaluates(repro):
         assert "kitti" in metrics
     distilled = json.loads((root / "metrics" / "synthetic" / "gfl" / "gkd_bmfi-resnet18.json").read_text())
     assert 0.0 <= distilled["mAP50"] <= 100.0
-    balance = distilled["kd_balance"]                      # distill.balance: auto, recorded end to end
-    assert balance["mode"] == "auto" and balance["ratio"] == pytest.approx(balance["target_ratio"])
+    balance = distilled["kd_balance"]                      # distill.balance: auto_terms, recorded end to end
+    assert balance["mode"] == "auto_terms" and set(balance["group_ratios"]) == {"gkd", "bmfi"}
+    for group, target in balance["target_group_ratios"].items():
+        assert balance["group_ratios"][group] == pytest.approx(target, rel=0.05)
     drift = json.loads((root / "logs" / "kd_balance" / "synthetic" / "gfl" / "gkd_bmfi-resnet18.json").read_text())
     assert [row["epoch"] for row in drift] == [0, 1] and all(row["kd_task_grad_ratio"] > 0 for row in drift)
     table = (root / "reports" / "tables" / "distill_synthetic_gfl.md").read_text()
-    assert "| inherit_only | R18 |" in table and "vs inherit-only" in table and "auto x" in table
+    assert "| inherit_only | R18 |" in table and "vs inherit-only" in table and "auto_terms gkd x" in table
     rows = json.loads((root / "reports" / "tables" / "distill_synthetic_gfl.json").read_text())["rows"]
     gkd = next(r for r in rows if r["model"] == "gkd_bmfi-resnet18")
     assert gkd["ci_vs_control"] is not None and gkd["ci_vs_baseline"]["low"] <= gkd["ci_vs_baseline"]["high"]
@@ -117,7 +119,7 @@ def test_dvc_repro_quantization_aware_training(repro):
         assert detector.precision == "int8" and detector.detect(np.zeros((96, 320, 3), np.uint8)) is not None
     meta = json.loads((root / "metrics" / "synthetic" / "gfl" / "qat" / "gkd_bmfi" / "gkd_bmfi-resnet18.json")
                       .read_text())
-    assert meta["kd_balance"]["mode"] == "auto" and meta["tensorrt_ready"]
+    assert meta["kd_balance"]["mode"] == "auto_terms" and meta["tensorrt_ready"]
     rows = json.loads((root / "reports" / "tables" / "qat_synthetic_gfl.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["fp32", "int8 PTQ", "int8 QAT", "int8 QAT+gkd_bmfi"]
     assert all("vs_ptq" in r and r["p50_ms"] > 0 for r in rows[2:]) and "vs_fp32" in rows[1]
