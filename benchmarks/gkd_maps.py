@@ -34,8 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kd_claims import (ABLATION, COMPARISON, DATASET, DETECTOR, STUDENT, TEACHER,  # noqa: E402
-                       finished_seeds, split_row)
+from kd_claims import ABLATION, COMPARISON, DATASET, DETECTOR, TEACHER, finished_seeds, model_of  # noqa: E402
 
 from pipeline.artifacts import curated_path  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
@@ -48,10 +47,6 @@ from pipeline.engine.runs import RunId  # noqa: E402
 from pipeline.io import working_dir  # noqa: E402
 
 ROWS = ("baseline", "inherit_only", *ABLATION, *COMPARISON)
-
-
-def model_name(row: str) -> str:
-    return f"{'baseline' if row == 'baseline' else split_row(row)[0]}-{STUDENT}"
 
 
 def load(folder: Path, model: str, class_names: tuple[str, ...], fpn_channels: int):
@@ -137,7 +132,7 @@ def main() -> None:
             continue
         map_d, level_d, feat_d, lift = [], [], [], []
         for folder in folders:
-            student = load(folder, model_name(row), names, width)
+            student = load(folder, model_of(row), names, width)
             s_feats, s_maps = features_and_maps(student, batches, signed, sign)
             map_d.append(float(np.mean([gkd_loss(t, s) for t, s in zip(t_maps, s_maps)])))
             level_d.append([float(np.mean([(t[k] - s[k]).abs().mean() for t, s in zip(t_maps, s_maps)]))

@@ -35,10 +35,11 @@ GKD's own contribution (``gkd_bmfi:terms`` - ``bmfi:terms``) and BMFI's (``gkd_b
 
 ``--teacher-from DIR`` reuses another workdir's data, teacher and params.yaml (so the rows differ
 from DIR's only by what the options change, e.g. ``--amp``: mixed precision, bfloat16 on the
-CPU, or ``--set distill.gkd.sign=descent``); ``--compare-to DIR`` then prints each row's gain over the same row in DIR, paired by seed
-and val image, with its interval (also alone with ``--report-only``); ``--reference DIR`` instead
-reads the baseline and every row not trained here from DIR, so the table (contributions
-included) puts the changed rows among DIR's unchanged ones, and no baseline is trained here.
+CPU, or ``--set distill.gkd.sign=descent``); ``--compare-to DIR`` then prints each row's gain
+over the same row in DIR, paired by seed and val image, with its interval (also alone with
+``--report-only``); ``--reference DIR`` instead reads the baseline and every row not trained here
+from DIR, so the table (contributions included) puts the changed rows among DIR's unchanged ones,
+and no baseline is trained here.
 """
 from __future__ import annotations
 
@@ -120,6 +121,12 @@ def profile_params(profile: str, seed: int, methods: tuple[str, ...], balance: s
                                       "gradmap_images": 0, "balance": mode, "extra_seeds": []},
                           # nothing is exported here; name a model every workspace trains
                           "deploy": {"models": [f"baseline-{STUDENT}"]}, "qat": {"models": [f"baseline-{STUDENT}"]}})
+
+
+def model_of(row: str) -> str:
+    """The student a row trains: ``"gkd_bmfi:terms"`` -> ``"gkd_bmfi-resnet18"``, ``"baseline"`` ->
+    ``"baseline-resnet18"``."""
+    return f"{'baseline' if row == 'baseline' else split_row(row)[0]}-{STUDENT}"
 
 
 def row_folder(root: Path, seed: int, row: str) -> Path:
@@ -231,7 +238,7 @@ def compare(root: Path, other: Path, seeds: int, rows: tuple[str, ...], resample
         if not both:
             print(f"| {row} | none finished in both (here: {sorted(here)}, there: {sorted(there)}) | | | |")
             continue
-        run = RunId(DATASET, DETECTOR, f"{'baseline' if row == 'baseline' else split_row(row)[0]}-{STUDENT}")
+        run = RunId(DATASET, DETECTOR, model_of(row))
         m_here = [image_matches(val, load_detections(here[k] / run.detections_path)) for k in both]
         m_there = [image_matches(val, load_detections(there[k] / run.detections_path)) for k in both]
         a = [float(json.loads((here[k] / run.metrics_path).read_text())["mAP50"]) for k in both]
@@ -277,8 +284,7 @@ def run_all(root: Path, args: argparse.Namespace, rows: tuple[str, ...], walls: 
 
 def finished_seeds(root: Path, seeds: int, row: str) -> list[Path]:
     """The folders of the seeds of ``row`` whose evaluation is written."""
-    method = "baseline" if row == "baseline" else split_row(row)[0]
-    run = RunId(DATASET, DETECTOR, f"{method}-{STUDENT}")
+    run = RunId(DATASET, DETECTOR, model_of(row))
     folders = [row_folder(root, k, row) for k in range(seeds)] if row != "baseline" else \
         [root / f"seed{k}" for k in range(seeds)]
     return [f for f in folders if (f / run.detections_path).is_file() and (f / run.metrics_path).is_file()]
@@ -314,9 +320,6 @@ def report(root: Path, seeds: int, rows: tuple[str, ...], walls: dict[str, list[
     else:
         done["baseline"] = finished_seeds(root, seeds, "baseline")
     done = {row: folders for row, folders in done.items() if folders}
-
-    def model_of(row: str) -> str:
-        return f"{'baseline' if row == 'baseline' else split_row(row)[0]}-{STUDENT}"
 
     def map50(folder: Path, model: str) -> float:
         return float(json.loads((folder / RunId(DATASET, DETECTOR, model).metrics_path).read_text())["mAP50"])
